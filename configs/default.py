@@ -1,0 +1,152 @@
+"""Default modellens-jax config: train on the shipped leaderboard-v1 corpus on a laptop CPU.
+
+Run:
+  python -m modellens_jax.main --config=configs/default.py --workdir=runs/default
+
+Presets (``--config=configs/default.py:<preset>``):
+  paper      the paper's dimensions (model ID 1536, name 512, hidden 512, ...)
+  reference  what the upstream code actually ran (weight decay 0.01, temperature 1.0, PL mean)
+  tiny       a few-second config for tests
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Size-bucket edges in billions of parameters (the paper's config).
+SIZE_EDGES = (
+    0.001, 0.003, 0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8,
+    1.0, 3.0, 7.0, 14.0, 35.0, 70.0, 100.0, 1000.0,
+)  # fmt: skip
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the config; ``preset`` picks one of the documented variants."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # --- data: ingestion, cleaning, splits -------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "leaderboard-v1"  # a shipped corpus name, or a directory
+    c.data.format = "auto"  # auto | leaderboard | modellens
+    c.data.direction_overrides = ml_collections.ConfigDict()  # {metric: +1 | -1}
+    c.data.min_group_models = 2
+    c.data.max_name_tokens = 16
+    c.data.name_buckets = 10000
+    c.data.size_edges = SIZE_EDGES
+    c.data.split = ml_collections.ConfigDict()
+    c.data.split.seed = 0
+    c.data.split.completion_val = 0.05  # fraction of remaining records masked for validation
+    c.data.split.completion_test = 0.10
+    c.data.split.dataset_val = 0.05  # fraction of datasets held out whole
+    c.data.split.dataset_test = 0.10
+    c.data.split.model_val = 0.05  # fraction of dated models held out, newest first
+    c.data.split.model_test = 0.10
+
+    # --- embeddings ------------------------------------------------------------------------
+    c.embed = ml_collections.ConfigDict()
+    c.embed.encoder = "minilm"  # "minilm" (shipped package) or a local HF checkpoint directory
+    c.embed.dtype = "float16"
+    c.embed.batch_size = 64
+    c.embed.max_length = 256
+
+    # --- model ----------------------------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.model_id_dim = 128
+    c.model.name_dim = 128
+    c.model.dataset_id_dim = 64
+    c.model.task_dim = 64
+    c.model.metric_dim = 64
+    c.model.size_dim = 32
+    c.model.family_dim = 32
+    c.model.hidden_dim = 256
+    c.model.dropout = 0.02
+    c.model.model_id_dropout = 0.1
+    c.model.dataset_id_dropout = 0.1
+    c.model.init_temperature = 1.0
+    c.model.use_model_id = True
+    c.model.use_model_name = True
+    c.model.use_model_desc = True
+    c.model.use_dataset_id = True
+    c.model.use_dataset_desc = True
+    c.model.use_size_feature = True
+    c.model.use_size_prior = True
+    c.model.use_family_prior = True
+    c.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
+
+    # --- losses ---------------------------------------------------------------------------
+    c.loss = ml_collections.ConfigDict()
+    c.loss.weights = ml_collections.ConfigDict()
+    c.loss.weights.listwise = 0.5
+    c.loss.weights.pairwise = 1.0
+    c.loss.weights.pointwise = 0.1
+    c.loss.pl_reduction = "mean"  # mean | sum over positions of a list
+    c.loss.pl_ties = "stable"  # stable | drop_tied (see losses.plackett_luce_loss)
+    c.loss.bpr_weighting = "none"  # none | zgap
+    c.loss.bpr_weight_cap = 3.0
+
+    # --- input pipeline -------------------------------------------------------------------
+    c.input = ml_collections.ConfigDict()
+    c.input.groups_per_batch = 32  # rows of the [groups, list] batch (global)
+    c.input.list_size = 64
+    c.input.pack = True  # pack short groups into one row with segment ids
+    c.input.max_models_per_batch = 0  # 0 = groups_per_batch * list_size
+    c.input.worker_count = 0
+    c.input.prefetch = 2
+
+    # --- optimisation ---------------------------------------------------------------------
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 100
+    c.optim.decay = "cosine"  # cosine | constant
+    c.optim.weight_decay = 1e-4
+    c.optim.clip_norm = 5.0
+
+    # --- training loop --------------------------------------------------------------------
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 2000
+    c.train.log_every = 50
+    c.train.eval_every = 250
+    c.train.checkpoint_every = 250
+    c.train.keep_latest = 2
+    c.train.keep_best = 1
+    c.train.early_stop_patience = 0  # evaluations without improvement; 0 = off
+    c.train.judge = "weighted_tau"  # validation metric for best checkpoint / early stopping
+
+    # --- mesh -----------------------------------------------------------------------------
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1 = all remaining devices
+    c.mesh.model = 1
+
+    if preset:
+        _apply_preset(c, preset)
+    return c
+
+
+def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
+    for name in preset.split(","):
+        if name == "paper":
+            c.model.update(
+                model_id_dim=1536, name_dim=512, dataset_id_dim=256, task_dim=256,
+                metric_dim=256, size_dim=64, family_dim=64, hidden_dim=512,
+            )  # fmt: skip
+        elif name == "reference":
+            c.optim.weight_decay = 0.01
+            c.optim.warmup_steps = 0
+            c.optim.decay = "constant"
+            c.model.init_temperature = 1.0
+            c.loss.pl_reduction = "mean"
+        elif name == "tiny":
+            c.model.update(
+                model_id_dim=16, name_dim=16, dataset_id_dim=8, task_dim=8, metric_dim=8,
+                size_dim=8, family_dim=8, hidden_dim=32,
+            )  # fmt: skip
+            c.input.groups_per_batch = 8
+            c.input.list_size = 16
+            c.optim.warmup_steps = 2
+            c.train.steps = 6
+            c.train.log_every = 2
+            c.train.eval_every = 3
+            c.train.checkpoint_every = 3
+        else:
+            raise ValueError(f"unknown preset {name!r}: expected paper, reference or tiny")

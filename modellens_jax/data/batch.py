@@ -1,0 +1,91 @@
+"""The fixed-shape ranking batch: the one contract between the input pipeline, the scorer and
+the losses.
+
+A batch holds ``R`` rows of ``L`` list slots. Each slot is one record (a model evaluated on an
+evaluation group). Rows are either one group padded to ``L`` or several short groups packed
+into one row, told apart by ``segment`` (1, 2, ... inside a row; 0 = padding). Features are not
+repeated per record: the ``U`` distinct models and ``S`` distinct groups of the batch are listed
+once, and each slot points at them through ``model_slot`` / ``group_slot``. This lets the scorer
+apply the model-side half of its first layer once per distinct model.
+
+Keys (all numpy/jax arrays; shapes fixed by the config so the step never recompiles):
+
+records, ``[R, L]``
+  ``mask``        bool     real record (False = padding)
+  ``segment``     int32    group number inside the row, 1-based; 0 for padding
+  ``model_slot``  int32    row of the models block
+  ``group_slot``  int32    row of the groups block
+  ``value``       float32  oriented value (higher = better), for ranking order and metrics
+  ``z``           float32  within-group z-score of ``value`` (pointwise target)
+models, ``[U, ...]``
+  ``model_id``     int32    learned-ID row (0 = [UNK]: unseen in training)
+  ``name_tokens``  int32    ``[U, T]`` hashed name-token buckets
+  ``name_mask``    bool     ``[U, T]``
+  ``model_desc``   float32  ``[U, Dm]`` frozen description embedding
+  ``size_bucket``  int32    0 = unknown size
+  ``family``       int32    0 = [UNK] family
+groups, ``[S, ...]``
+  ``dataset_id``    int32    learned-ID row (0 = [UNK])
+  ``dataset_desc``  float32  ``[S, Dd]``
+  ``task``          int32
+  ``metric``        int32
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RECORD_KEYS = ("mask", "segment", "model_slot", "group_slot", "value", "z")
+MODEL_KEYS = ("model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "family")
+GROUP_KEYS = ("dataset_id", "dataset_desc", "task", "metric")
+
+
+def synthetic_batch(
+    rng: np.random.Generator,
+    *,
+    rows: int = 4,
+    list_size: int = 8,
+    num_models: int = 16,
+    num_groups: int = 6,
+    name_tokens: int = 4,
+    desc_dim: int = 12,
+    vocab: dict[str, int] | None = None,
+    pad_fraction: float = 0.25,
+    ties: bool = True,
+) -> dict[str, np.ndarray]:
+    """A random batch obeying the contract (padding, ties, one group per row), for tests."""
+    v = {"model_id": 20, "name_buckets": 50, "size": 23, "family": 7, "dataset_id": 9,
+         "task": 5, "metric": 6}  # fmt: skip
+    v.update(vocab or {})
+    mask = rng.random((rows, list_size)) > pad_fraction
+    mask[:, :2] = True
+    values = rng.normal(size=(rows, list_size)).astype(np.float32)
+    if ties:
+        values = np.round(values * 2) / 2
+    values = np.where(mask, values, 0.0).astype(np.float32)
+    cnt = mask.sum(1, keepdims=True)
+    mean = (values * mask).sum(1, keepdims=True) / cnt
+    std = np.sqrt((((values - mean) * mask) ** 2).sum(1, keepdims=True) / cnt)
+    z = np.where(mask, (values - mean) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
+    return {
+        "mask": mask,
+        "segment": mask.astype(np.int32),
+        "model_slot": rng.integers(0, num_models, (rows, list_size)).astype(np.int32),
+        "group_slot": np.repeat(rng.integers(0, num_groups, (rows, 1)), list_size, 1).astype(
+            np.int32
+        ),
+        "value": values,
+        "z": z,
+        "model_id": rng.integers(0, v["model_id"], num_models).astype(np.int32),
+        "name_tokens": rng.integers(0, v["name_buckets"], (num_models, name_tokens)).astype(
+            np.int32
+        ),
+        "name_mask": rng.random((num_models, name_tokens)) > 0.3,
+        "model_desc": rng.normal(size=(num_models, desc_dim)).astype(np.float32),
+        "size_bucket": rng.integers(0, v["size"], num_models).astype(np.int32),
+        "family": rng.integers(0, v["family"], num_models).astype(np.int32),
+        "dataset_id": rng.integers(0, v["dataset_id"], num_groups).astype(np.int32),
+        "dataset_desc": rng.normal(size=(num_groups, desc_dim)).astype(np.float32),
+        "task": rng.integers(0, v["task"], num_groups).astype(np.int32),
+        "metric": rng.integers(0, v["metric"], num_groups).astype(np.int32),
+    }
