@@ -31,6 +31,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.format = "auto"  # auto | leaderboard | modellens
     c.data.direction_overrides = ml_collections.ConfigDict()  # {metric: +1 | -1}
     c.data.min_group_models = 2
+    c.data.bad_rows = "error"  # error | skip (drop rows with bad values and count them)
     c.data.max_name_tokens = 16
     c.data.name_buckets = 10000
     c.data.size_edges = SIZE_EDGES

@@ -1,0 +1,398 @@
+"""The compiled corpus: cleaning, vocabularies, z-scores and splits, written atomically.
+
+On disk (one directory)::
+
+  manifest.json   format version, counts, cleaning report, split config, content fingerprint
+  vocab.json      models, datasets, tasks, metrics, families, modalities, sources (index = id)
+  texts.json      the text to embed for every model and dataset (see ``model_text``)
+  arrays/*.npy    records, groups, models, datasets (memory-mappable)
+
+Records are sorted by (group, value desc, model) so each group is one contiguous slice
+(``group_offsets``). Every vocabulary reserves index 0 for ``[UNK]``; ``model_id`` /
+``dataset_id`` are the learned-ID rows, non-zero only for entities with a training record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from modellens_jax.data import schema, splits
+from modellens_jax.data.ingest import CorpusError, RawCorpus, read_corpus
+
+FORMAT_VERSION = 1
+_EPOCH = np.datetime64("1970-01-01", "D")
+
+
+def model_text(name: str, desc: str, family: str, params: float) -> str:
+    """The text embedded for a model: its description, prefixed by the name; when there is no
+    description, one derived from name, family and size ("<name>. Family: f. Parameters: 7B.")."""
+    size = f" Parameters: {params:g}B." if np.isfinite(params) and params > 0 else ""
+    fam = f" Family: {family}." if family and family != "unknown" else ""
+    if desc:
+        return f"{name}. {desc}"
+    return f"{name}.{fam}{size}"
+
+
+def dataset_text(name: str, task: str, desc: str) -> str:
+    """The text embedded for a dataset: name, task and description."""
+    return f"{name} ({task}). {desc}" if desc else f"{name} ({task})."
+
+
+@dataclasses.dataclass
+class Compiled:
+    arrays: dict[str, np.ndarray]
+    vocab: dict[str, list[str]]
+    texts: dict[str, list[str]]
+    report: dict[str, Any]
+
+
+def _first_nonempty(s: pd.Series):
+    for v in s:
+        if isinstance(v, str):
+            if v:
+                return v
+        elif pd.notna(v):
+            return v
+    return s.iloc[0] if len(s) else None
+
+
+def _vocab(values) -> list[str]:
+    return [schema.UNK, *sorted({v for v in values if v != schema.UNK})]
+
+
+def compile_corpus(
+    raw: RawCorpus, data_cfg: Mapping[str, Any], progress: Callable[[str], None] = lambda s: None
+) -> Compiled:
+    """Cleans ``raw`` (dedupe, orient, z-score, drop tiny groups) and builds arrays and splits."""
+    report: dict[str, Any] = {"records_read": len(raw.records), "warnings": list(raw.warnings)}
+    rec = raw.records
+    key = ["task", "dataset", "model", "metric"]
+
+    # --- directions: one per metric inside a group, and no conflicting duplicates ----------
+    dirs = rec.groupby(["dataset", "task", "metric"], sort=False)["direction"].nunique()
+    if (dirs > 1).any():
+        ds, task, metric = dirs[dirs > 1].index[0]
+        rows = rec.index[(rec.dataset == ds) & (rec.task == task) & (rec.metric == metric)]
+        raise CorpusError(
+            f"{raw.origin['records']} rows {[int(r) + 1 for r in rows[:4]]}, field "
+            f"'higher_is_better': conflicting directions for group ({ds!r}, {task!r}, {metric!r})"
+        )
+
+    # --- exact duplicates: mean of values ---------------------------------------------------
+    progress("merging duplicates")
+    agg = rec.groupby(key, sort=False, as_index=False).agg(
+        value=("value", "mean"), n=("value", "size"), direction=("direction", "first"),
+        dataset_desp=("dataset_desp", _first_nonempty), source=("source", "first"),
+        date=("date", _first_nonempty),
+    )  # fmt: skip
+    report["duplicates_merged"] = int((agg["n"] - 1).sum())
+    agg["oriented"] = agg["value"] * agg["direction"]
+    report["lower_is_better_flipped"] = int((agg["direction"] < 0).sum())
+
+    # --- groups with < min models kept out ---------------------------------------------------
+    gkey = ["dataset", "task", "metric"]
+    size = agg.groupby(gkey, sort=False)["model"].transform("size")
+    small = size < int(data_cfg["min_group_models"])
+    report["groups_too_small"] = int(agg[small].groupby(gkey).ngroups)
+    report["records_in_small_groups"] = int(small.sum())
+    agg = agg[~small].reset_index(drop=True)
+    if len(agg) == 0:
+        raise CorpusError(
+            f"{raw.origin['records']}: no evaluation group has >= "
+            f"{data_cfg['min_group_models']} models (data.min_group_models)"
+        )
+
+    # --- entities: models ----------------------------------------------------------------------
+    progress("building vocabularies")
+    mtab = raw.models.copy()
+    if len(mtab):
+        mtab = mtab.groupby("model", sort=False, as_index=False).agg(
+            {c: _first_nonempty for c in mtab.columns if c != "model"}
+        )
+    mtab = mtab.set_index("model")
+    model_names = sorted(set(agg["model"]))
+    absent = [m for m in model_names if m not in mtab.index]
+    if absent:
+        report["warnings"].append(
+            f"{len(absent)} models in records are absent from models.csv (metadata unknown), "
+            f"e.g. {absent[:3]}"
+        )
+    report["models_without_metadata"] = len(absent)
+    mtab = mtab.reindex(model_names)
+    params = pd.to_numeric(mtab["params"], errors="coerce").to_numpy(np.float64)
+    fam_raw = mtab["family"].fillna("").astype(str).str.lower().to_numpy()
+    families = np.array([f or schema.derive_family(m) for f, m in zip(fam_raw, model_names)])
+    report["families_derived_from_name"] = int((fam_raw == "").sum())
+    rel = pd.to_datetime(mtab["release_date"], errors="coerce")
+    # Where models.csv has no release date, fall back to the earliest record date of the model.
+    rec_dates = pd.to_datetime(agg["date"].replace("", None), errors="coerce", format="ISO8601")
+    first_seen = rec_dates.groupby(agg["model"]).min().reindex(model_names)
+    rel = rel.fillna(first_seen)
+    days = np.where(
+        rel.isna(), -1, (rel.to_numpy("datetime64[D]") - _EPOCH).astype(np.int64)
+    ).astype(np.int32)
+    desc = mtab["model_desp"].fillna("").astype(str).to_numpy()
+
+    # --- entities: datasets ----------------------------------------------------------------
+    dtab = raw.datasets
+    if len(dtab):
+        dtab = dtab.groupby("dataset", sort=False, as_index=False).agg(
+            {c: _first_nonempty for c in dtab.columns if c != "dataset"}
+        )
+    dtab = dtab.set_index("dataset")
+    dataset_names = sorted(set(agg["dataset"]))
+    rec_desc = agg.groupby("dataset")["dataset_desp"].agg(_first_nonempty)
+    rec_task = agg.groupby("dataset")["task"].agg("first")
+    dtab = dtab.reindex(dataset_names)
+    d_desc = [
+        (d if isinstance(d, str) and d else rec_desc.get(n, "") or "")
+        for n, d in zip(dataset_names, dtab["dataset_desp"])
+    ]
+    d_task = [
+        t if isinstance(t, str) and t else rec_task[n] for n, t in zip(dataset_names, dtab["task"])
+    ]
+    d_mod = [m if isinstance(m, str) and m else "unknown" for m in dtab["modality"]]
+
+    vocab = {
+        "models": model_names,  # entity tables: no [UNK] row (features come from metadata)
+        "datasets": dataset_names,
+        "tasks": _vocab(agg["task"]),
+        "metrics": _vocab(agg["metric"]),
+        "families": _vocab(families),
+        "modalities": _vocab(d_mod),
+        "sources": _vocab(agg["source"]),
+    }
+    idx = {k: {v: i for i, v in enumerate(vs)} for k, vs in vocab.items()}
+
+    # --- groups and records, sorted (group, value desc, model) --------------------------------
+    progress("z-scoring and splitting")
+    groups = agg[gkey].drop_duplicates().sort_values(gkey).reset_index(drop=True)
+    gid = {tuple(r): i for i, r in enumerate(groups.itertuples(index=False, name=None))}
+    rec_group = np.array([gid[t] for t in agg[gkey].itertuples(index=False, name=None)], np.int32)
+    rec_model = agg["model"].map(idx["models"]).to_numpy(np.int32)
+    order = np.lexsort((rec_model, -agg["oriented"].to_numpy(), rec_group))
+    agg = agg.iloc[order].reset_index(drop=True)
+    rec_group, rec_model = rec_group[order], rec_model[order]
+    rec_dataset = agg["dataset"].map(idx["datasets"]).to_numpy(np.int32)
+    value = agg["oriented"].to_numpy(np.float64)
+
+    stratum = np.array([hash_str(f"{t}\x00{m}") for t, m in zip(d_task, d_mod)], np.uint64).astype(
+        np.int64
+    )
+    fr = {k: float(v) for k, v in dict(data_cfg["split"]).items() if k != "seed"}
+    split, setting = splits.assign(
+        rec_model=rec_model, rec_dataset=rec_dataset, dataset_stratum=stratum,
+        model_days=days, fractions=fr, seed=int(data_cfg["split"]["seed"]),
+    )  # fmt: skip
+
+    # z-scores inside each (group, partition): train records among train records, held-out
+    # records among the held-out records of the same split and setting (no leakage of test
+    # values into training targets).
+    part = np.where(split == splits.TRAIN, 0, 1 + split * 3 + setting).astype(np.int64)
+    zkey = rec_group.astype(np.int64) * 16 + part
+    _, inv, cnt = np.unique(zkey, return_inverse=True, return_counts=True)
+    mean = np.bincount(inv, value) / cnt
+    var = np.bincount(inv, (value - mean[inv]) ** 2) / cnt
+    std = np.sqrt(var)
+    z = np.where(std[inv] > 0, (value - mean[inv]) / np.where(std[inv] > 0, std[inv], 1), 0.0)
+
+    offsets = np.r_[0, np.cumsum(np.bincount(rec_group, minlength=len(groups)))].astype(np.int64)
+    # Learned IDs: 1 + rank among entities with a training record; 0 = [UNK].
+    train = split == splits.TRAIN
+    seen_m = np.zeros(len(model_names), bool)
+    seen_m[rec_model[train]] = True
+    seen_d = np.zeros(len(dataset_names), bool)
+    seen_d[rec_dataset[train]] = True
+    model_id = np.where(seen_m, np.cumsum(seen_m), 0).astype(np.int32)
+    dataset_id = np.where(seen_d, np.cumsum(seen_d), 0).astype(np.int32)
+    tokens, tok_mask = schema.name_token_array(
+        model_names, int(data_cfg["name_buckets"]), int(data_cfg["max_name_tokens"])
+    )
+
+    arrays = {
+        "rec_group": rec_group,
+        "rec_model": rec_model,
+        "rec_value": value.astype(np.float32),
+        "rec_raw_value": agg["value"].to_numpy(np.float32),
+        "rec_z": z.astype(np.float32),
+        "rec_split": split,
+        "rec_setting": setting,
+        "rec_source": agg["source"].map(idx["sources"]).to_numpy(np.int16),
+        "group_offsets": offsets,
+        "group_dataset": groups["dataset"].map(idx["datasets"]).to_numpy(np.int32),
+        "group_task": groups["task"].map(idx["tasks"]).to_numpy(np.int32),
+        "group_metric": groups["metric"].map(idx["metrics"]).to_numpy(np.int32),
+        "model_id": model_id,
+        "model_family": np.array([idx["families"][f] for f in families], np.int32),
+        "model_params": params.astype(np.float32),
+        "model_size_bucket": schema.size_bucket(params, tuple(data_cfg["size_edges"])),
+        "model_release_day": days,
+        "model_name_tokens": tokens,
+        "model_name_mask": tok_mask,
+        "dataset_id": dataset_id,
+        "dataset_modality": np.array([idx["modalities"][m] for m in d_mod], np.int32),
+    }
+    texts = {
+        "models": [
+            model_text(n, d, f, p) for n, d, f, p in zip(model_names, desc, families, params)
+        ],
+        "datasets": [dataset_text(n, t, d) for n, t, d in zip(dataset_names, d_task, d_desc)],
+    }
+    report.update(_summary(arrays, vocab))
+    return Compiled(arrays, vocab, texts, report)
+
+
+def _summary(a: dict[str, np.ndarray], vocab: dict[str, list[str]]) -> dict[str, Any]:
+    sizes = np.diff(a["group_offsets"])
+    buckets = np.bincount(a["model_size_bucket"], minlength=1)
+    counts: dict[str, Any] = {
+        "records": len(a["rec_group"]),
+        "models": len(vocab["models"]),
+        "datasets": len(vocab["datasets"]),
+        "groups": len(sizes),
+        "tasks": len(vocab["tasks"]) - 1,
+        "metrics": len(vocab["metrics"]) - 1,
+        "families": len(vocab["families"]) - 1,
+        "group_size": {
+            "median": float(np.median(sizes)),
+            "max": int(sizes.max()),
+            "min": int(sizes.min()),
+        },  # fmt: skip
+        "models_with_size": int((a["model_size_bucket"] > 0).sum()),
+        "size_buckets": {str(i): int(c) for i, c in enumerate(buckets) if c},
+        "learned_model_ids": int(a["model_id"].max()),
+        "learned_dataset_ids": int(a["dataset_id"].max()),
+    }
+    sp = {}
+    for sname, s in splits.SPLITS.items():
+        for tname, t in splits.SETTINGS.items():
+            n = int(((a["rec_split"] == s) & (a["rec_setting"] == t)).sum())
+            if s == splits.TRAIN:
+                sp["train"] = sp.get("train", 0) + n
+            elif n:
+                sp[f"{sname}/{tname}"] = n
+    counts["splits"] = sp
+    return counts
+
+
+def hash_str(s: str) -> int:
+    return int.from_bytes(hashlib.sha256(s.encode()).digest()[:8], "little")
+
+
+def fingerprint(arrays: Mapping[str, np.ndarray], vocab: Mapping, texts: Mapping) -> str:
+    """sha256 over array names, dtypes, shapes and bytes, vocabularies and texts."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        v = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}|{v.dtype.str}|{v.shape}".encode())
+        h.update(v.tobytes())
+    h.update(json.dumps(vocab, sort_keys=True).encode())
+    h.update(json.dumps(texts, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def write_corpus(compiled: Compiled, out: Path, *, config: Mapping[str, Any]) -> str:
+    """Writes the corpus into ``out`` atomically (temp dir + rename); returns the fingerprint."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(compiled.arrays, compiled.vocab, compiled.texts)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "arrays").mkdir()
+        for k, v in compiled.arrays.items():
+            np.save(tmp / "arrays" / f"{k}.npy", v, allow_pickle=False)
+        (tmp / "vocab.json").write_text(json.dumps(compiled.vocab, ensure_ascii=False))
+        (tmp / "texts.json").write_text(json.dumps(compiled.texts, ensure_ascii=False))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": fp,
+            "report": compiled.report,
+            "data_config": config,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return fp
+
+
+class Corpus:
+    """A compiled corpus read back from disk (arrays memory-mapped)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
+        mpath = self.dir / "manifest.json"
+        if not mpath.exists():
+            raise CorpusError(f"{self.dir}: not a compiled corpus (no manifest.json)")
+        self.manifest = json.loads(mpath.read_text())
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise CorpusError(
+                f"{mpath}: format_version {self.manifest.get('format_version')} != "
+                f"{FORMAT_VERSION}; re-run prepare"
+            )
+        self.vocab: dict[str, list[str]] = json.loads((self.dir / "vocab.json").read_text())
+        self.texts: dict[str, list[str]] = json.loads((self.dir / "texts.json").read_text())
+        self.arrays = {
+            p.stem: np.load(p, mmap_mode="r") for p in sorted((self.dir / "arrays").glob("*.npy"))
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def model_names(self) -> list[str]:
+        return self.vocab["models"]
+
+    @property
+    def model_texts(self) -> list[str]:
+        return self.texts["models"]
+
+    @property
+    def dataset_texts(self) -> list[str]:
+        return self.texts["datasets"]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.arrays["group_offsets"]) - 1
+
+
+def load_corpus(directory: str | os.PathLike) -> Corpus:
+    return Corpus(directory)
+
+
+def build(
+    data_cfg: Mapping[str, Any], progress: Callable[[str], None] = lambda s: None
+) -> Compiled:
+    """Reads ``data_cfg.source`` and compiles it (no writing)."""
+    report: dict[str, Any] = {}
+    progress(f"reading {data_cfg['source']}")
+    raw = read_corpus(
+        str(data_cfg["source"]), fmt=str(data_cfg["format"]),
+        direction_overrides=dict(data_cfg["direction_overrides"]),
+        bad_rows=str(data_cfg.get("bad_rows", "error")), report=report,
+    )  # fmt: skip
+    compiled = compile_corpus(raw, data_cfg, progress)
+    compiled.report.update(report)
+    return compiled
