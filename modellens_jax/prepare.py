@@ -23,8 +23,12 @@ def prepare(data_cfg, out: str | Path, *, verbose: bool = True) -> corpus.Corpus
 
     def progress(msg: str) -> None:
         if verbose:
-            print(f"\r[prepare {time.time() - t0:5.1f}s] {msg:<40}", end="", file=sys.stderr,
-                  flush=True)  # fmt: skip
+            print(
+                f"\r[prepare {time.time() - t0:5.1f}s] {msg:<40}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
     try:
         compiled = corpus.build(data_cfg, progress)

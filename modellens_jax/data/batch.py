@@ -54,8 +54,15 @@ def synthetic_batch(
     ties: bool = True,
 ) -> dict[str, np.ndarray]:
     """A random batch obeying the contract (padding, ties, one group per row), for tests."""
-    v = {"model_id": 20, "name_buckets": 50, "size": 23, "family": 7, "dataset_id": 9,
-         "task": 5, "metric": 6}  # fmt: skip
+    v = {
+        "model_id": 20,
+        "name_buckets": 50,
+        "size": 23,
+        "family": 7,
+        "dataset_id": 9,
+        "task": 5,
+        "metric": 6,
+    }
     v.update(vocab or {})
     mask = rng.random((rows, list_size)) > pad_fraction
     mask[:, :2] = True

@@ -92,10 +92,13 @@ def compile_corpus(
     # --- exact duplicates: mean of values ---------------------------------------------------
     progress("merging duplicates")
     agg = rec.groupby(key, sort=False, as_index=False).agg(
-        value=("value", "mean"), n=("value", "size"), direction=("direction", "first"),
-        dataset_desp=("dataset_desp", _first_nonempty), source=("source", "first"),
+        value=("value", "mean"),
+        n=("value", "size"),
+        direction=("direction", "first"),
+        dataset_desp=("dataset_desp", _first_nonempty),
+        source=("source", "first"),
         date=("date", _first_nonempty),
-    )  # fmt: skip
+    )
     report["duplicates_merged"] = int((agg["n"] - 1).sum())
     agg["oriented"] = agg["value"] * agg["direction"]
     report["lower_is_better_flipped"] = int((agg["direction"] < 0).sum())
@@ -192,9 +195,13 @@ def compile_corpus(
     )
     fr = {k: float(v) for k, v in dict(data_cfg["split"]).items() if k != "seed"}
     split, setting = splits.assign(
-        rec_model=rec_model, rec_dataset=rec_dataset, dataset_stratum=stratum,
-        model_days=days, fractions=fr, seed=int(data_cfg["split"]["seed"]),
-    )  # fmt: skip
+        rec_model=rec_model,
+        rec_dataset=rec_dataset,
+        dataset_stratum=stratum,
+        model_days=days,
+        fractions=fr,
+        seed=int(data_cfg["split"]["seed"]),
+    )
 
     # z-scores inside each (group, partition): train records among train records, held-out
     # records among the held-out records of the same split and setting (no leakage of test
@@ -268,7 +275,7 @@ def _summary(a: dict[str, np.ndarray], vocab: dict[str, list[str]]) -> dict[str,
             "median": float(np.median(sizes)),
             "max": int(sizes.max()),
             "min": int(sizes.min()),
-        },  # fmt: skip
+        },
         "models_with_size": int((a["model_size_bucket"] > 0).sum()),
         "size_buckets": {str(i): int(c) for i, c in enumerate(buckets) if c},
         "learned_model_ids": int(a["model_id"].max()),
@@ -389,10 +396,12 @@ def build(
     report: dict[str, Any] = {}
     progress(f"reading {data_cfg['source']}")
     raw = read_corpus(
-        str(data_cfg["source"]), fmt=str(data_cfg["format"]),
+        str(data_cfg["source"]),
+        fmt=str(data_cfg["format"]),
         direction_overrides=dict(data_cfg["direction_overrides"]),
-        bad_rows=str(data_cfg.get("bad_rows", "error")), report=report,
-    )  # fmt: skip
+        bad_rows=str(data_cfg.get("bad_rows", "error")),
+        report=report,
+    )
     compiled = compile_corpus(raw, data_cfg, progress)
     compiled.report.update(report)
     return compiled

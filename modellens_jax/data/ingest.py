@@ -73,9 +73,13 @@ def _read_csv(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = 
         raise CorpusError(f"{path}: empty file (expected a header with {', '.join(columns)})")
     try:
         df = pd.read_csv(
-            io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False,
-            on_bad_lines="error", engine="c",
-        )  # fmt: skip
+            io.StringIO(text),
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            on_bad_lines="error",
+            engine="c",
+        )
     except pd.errors.ParserError as e:
         raise CorpusError(f"{path}: malformed CSV: {e}") from e
     missing = [c for c in columns if c not in df.columns]
@@ -203,8 +207,14 @@ def read_modellens(
     report: dict,
 ) -> RawCorpus:
     """The public ModelLens corpus: data.csv or data_clean.csv plus its JSON side files."""
-    path = next((directory / n for n in ("data.csv", "data_clean.csv", "data.csv.gz")
-                 if (directory / n).exists()), None)  # fmt: skip
+    path = next(
+        (
+            directory / n
+            for n in ("data.csv", "data_clean.csv", "data.csv.gz")
+            if (directory / n).exists()
+        ),
+        None,
+    )
     if path is None:
         raise CorpusError(f"{directory}: no data.csv or data_clean.csv (ModelLens format)")
     records = _read_csv(path, schema.MODELLENS_RECORD_COLUMNS)
@@ -256,14 +266,19 @@ def read_modellens(
                 f"{directory / 'model_profile.json'}: model {name!r}, field 'family': expected a "
                 f"string, got {family!r}"
             )
-        rows.append({"model": name, "family": family.lower(), "params": size,
-                     "model_desp": str(prof.get("description", "") or ""),
-                     "release_date": pd.to_datetime(prof.get("release_date"), errors="coerce"),
-                     "source": "modellens"})  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "family": family.lower(),
+                "params": size,
+                "model_desp": str(prof.get("description", "") or ""),
+                "release_date": pd.to_datetime(prof.get("release_date"), errors="coerce"),
+                "source": "modellens",
+            }
+        )
     models = pd.DataFrame(rows, columns=list(schema.MODEL_COLUMNS))
     datasets = pd.DataFrame(columns=list(schema.DATASET_COLUMNS))
-    origin = {"records": str(path), "models": str(directory / "model_profile.json"),
-              "datasets": ""}  # fmt: skip
+    origin = {"records": str(path), "models": str(directory / "model_profile.json"), "datasets": ""}
     return RawCorpus(records, models, datasets, origin, [])
 
 

@@ -88,11 +88,13 @@ def assign(
     """Returns per-record ``split`` and ``setting`` (int8)."""
     check_fractions(fractions)
     rng = np.random.default_rng(seed)
-    ds = stratified_holdout(dataset_stratum, fractions["dataset_val"], fractions["dataset_test"],
-                            rng)  # fmt: skip
+    ds = stratified_holdout(
+        dataset_stratum, fractions["dataset_val"], fractions["dataset_test"], rng
+    )
     records_per_model = np.bincount(rec_model, minlength=len(model_days))
-    ms = temporal_holdout(model_days, fractions["model_val"], fractions["model_test"], rng,
-                          records_per_model)  # fmt: skip
+    ms = temporal_holdout(
+        model_days, fractions["model_val"], fractions["model_test"], rng, records_per_model
+    )
     d, m = ds[rec_dataset], ms[rec_model]
     n = len(rec_model)
     u = rng.random(n)
@@ -101,8 +103,12 @@ def assign(
     ct, cv = fractions["completion_test"], fractions["completion_val"]
     split[u < ct] = TEST
     split[(u >= ct) & (u < ct + cv)] = VAL
-    for cond, sp, st in ((m == VAL, VAL, UNSEEN_MODEL), (d == VAL, VAL, UNSEEN_DATASET),
-                         (m == TEST, TEST, UNSEEN_MODEL), (d == TEST, TEST, UNSEEN_DATASET)):  # fmt: skip
+    for cond, sp, st in (
+        (m == VAL, VAL, UNSEEN_MODEL),
+        (d == VAL, VAL, UNSEEN_DATASET),
+        (m == TEST, TEST, UNSEEN_MODEL),
+        (d == TEST, TEST, UNSEEN_DATASET),
+    ):
         split[cond] = sp
         setting[cond] = st
     return split, setting
