@@ -1,0 +1,300 @@
+"""Grain input pipeline: evaluation groups -> fixed-shape ``[rows, list]`` ranking batches.
+
+Training stream::
+
+  TrainLists (random access: epoch-shuffled lists; long groups cut into per-epoch chunks)
+    -> [process_index::process_count]            (shard after shuffle, as grain recommends)
+    -> to_iter_dataset
+    -> PackLists  (first-fit-decreasing packing of short lists into rows, with segment ids;
+                   checkpointable: its state holds the parent state and the pending lists)
+    -> map(Featurize)  (dedupe models/groups of the batch, gather features + embedding rows)
+
+A group longer than ``list_size`` is split each epoch into ``ceil(n / list_size)`` chunks by a
+permutation seeded with (seed, epoch, group), so every record is drawn once per epoch and the
+draw differs between epochs. Records inside a list stay in corpus order (value desc, model),
+which is the stable tie order the listwise loss relies on.
+
+Evaluation batches (``eval_batches``) hold one whole group per row, padded to a power-of-two
+bucket, so shapes come from a short fixed list and nothing recompiles after the first pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from modellens_jax.data import splits
+from modellens_jax.data.corpus import Corpus
+
+_EPOCHS = 1 << 20  # the training source repeats this many epochs (effectively forever)
+
+
+def _rng(*keys: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]))
+
+
+def lists_by_group(
+    corpus: Corpus, split: int, setting: int | None = None, min_size: int = 2
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(group ids, record-index arrays) of the records of ``split`` (and ``setting``) per group,
+    keeping groups with at least ``min_size`` records."""
+    keep = np.asarray(corpus["rec_split"]) == split
+    if setting is not None:
+        keep &= np.asarray(corpus["rec_setting"]) == setting
+    idx = np.flatnonzero(keep)
+    g = np.asarray(corpus["rec_group"])[idx]
+    bounds = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1, len(idx)]
+    groups, lists = [], []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b - a >= min_size:
+            groups.append(int(g[a]))
+            lists.append(idx[a:b])
+    return np.asarray(groups, np.int64), lists
+
+
+class TrainLists:
+    """Random-access source of training lists (arrays of record indices), epoch-shuffled."""
+
+    def __init__(self, corpus: Corpus, *, list_size: int, seed: int, split: int = splits.TRAIN):
+        self.groups, self.lists = lists_by_group(corpus, split)
+        if not self.lists:
+            raise ValueError(f"{corpus.dir}: no group has >= 2 records in the training split")
+        self.list_size = list_size
+        self.seed = seed
+        chunks = [math.ceil(len(x) / list_size) for x in self.lists]
+        self.item_group = np.repeat(np.arange(len(self.lists)), chunks)
+        self.item_chunk = np.concatenate([np.arange(k) for k in chunks])
+        self.item_k = np.repeat(chunks, chunks)
+        self.per_epoch = len(self.item_group)
+        self._perm_epoch, self._perm = -1, None
+
+    def __len__(self) -> int:
+        return self.per_epoch * _EPOCHS
+
+    def records_per_epoch(self) -> int:
+        return int(sum(len(x) for x in self.lists))
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        epoch, pos = divmod(int(index), self.per_epoch)
+        if epoch != self._perm_epoch:
+            self._perm = _rng(self.seed, 1, epoch).permutation(self.per_epoch)
+            self._perm_epoch = epoch
+        item = int(self._perm[pos])
+        li = int(self.item_group[item])
+        recs, k = self.lists[li], int(self.item_k[item])
+        if k == 1:
+            return recs
+        perm = _rng(self.seed, 2, epoch, li).permutation(len(recs))
+        return recs[np.sort(perm[int(self.item_chunk[item]) :: k])]
+
+
+# --- packing ------------------------------------------------------------------------------------
+def pack_rows(
+    items: list[np.ndarray], rows: int, list_size: int, pack: bool
+) -> tuple[list[list[int]], list[int]]:
+    """First-fit decreasing of items into ``rows`` bins of ``list_size``; returns per-row item
+    indices and the indices left over. Without packing, one item per row."""
+    order = sorted(range(len(items)), key=lambda i: (-len(items[i]), i))
+    free = [list_size] * rows
+    placed: list[list[int]] = [[] for _ in range(rows)]
+    left = []
+    for i in order:
+        n = len(items[i])
+        for r in range(rows):
+            if free[r] >= n and (pack or not placed[r]):
+                placed[r].append(i)
+                free[r] -= n
+                break
+        else:
+            left.append(i)
+    return placed, sorted(left)
+
+
+class PackLists(grain.IterDataset):
+    """Packs a stream of lists into batches of ``rows`` rows (lists of lists of record indices)."""
+
+    def __init__(self, parent: grain.IterDataset, *, rows: int, list_size: int, pack: bool,
+                 pool: int = 0):  # fmt: skip
+        super().__init__(parent)
+        self.rows, self.list_size, self.pack = rows, list_size, pack
+        self.pool = pool or (3 * rows if pack else rows)
+
+    def __iter__(self) -> _PackIterator:
+        return _PackIterator(self._parent.__iter__(), self)
+
+    def __str__(self) -> str:
+        return f"PackLists(rows={self.rows}, list_size={self.list_size}, pack={self.pack})"
+
+
+class _PackIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, cfg: PackLists):
+        super().__init__(parent)
+        self.cfg = cfg
+        self.pending: list[np.ndarray] = []
+
+    def __next__(self) -> list[list[np.ndarray]]:
+        while len(self.pending) < self.cfg.pool:
+            self.pending.append(np.asarray(next(self._parent)))
+        placed, left = pack_rows(self.pending, self.cfg.rows, self.cfg.list_size, self.cfg.pack)
+        out = [[self.pending[i] for i in row] for row in placed]
+        self.pending = [self.pending[i] for i in left]
+        return out
+
+    def get_state(self) -> dict[str, Any]:
+        return {"parent": self._parent.get_state(),
+                "pending": [x.tolist() for x in self.pending]}  # fmt: skip
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state["parent"])
+        self.pending = [np.asarray(x, np.int64) for x in state["pending"]]
+
+
+# --- features -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class FeatureTables:
+    """Host-side per-entity features; embedding tables may be memory-mapped (rows gathered per
+    batch, never loaded whole onto a device)."""
+
+    corpus: Corpus
+    model_desc: np.ndarray  # [M, Dm] (Dm may be 0 when descriptions are off)
+    dataset_desc: np.ndarray  # [D, Dd]
+
+    def __post_init__(self):
+        c = self.corpus
+        self.rec_model = np.asarray(c["rec_model"])
+        self.rec_group = np.asarray(c["rec_group"])
+        self.rec_value = np.asarray(c["rec_value"])
+        self.rec_z = np.asarray(c["rec_z"])
+        self.model_cols = {
+            "model_id": np.asarray(c["model_id"]),
+            "name_tokens": np.asarray(c["model_name_tokens"]),
+            "name_mask": np.asarray(c["model_name_mask"]),
+            "size_bucket": np.asarray(c["model_size_bucket"]),
+            "family": np.asarray(c["model_family"]),
+        }
+        self.group_dataset = np.asarray(c["group_dataset"])
+        self.group_cols = {
+            "dataset_id": np.asarray(c["dataset_id"])[self.group_dataset],
+            "task": np.asarray(c["group_task"]),
+            "metric": np.asarray(c["group_metric"]),
+        }
+
+
+class Featurize(grain.transforms.Map):
+    """Rows of lists -> the batch dict of ``modellens_jax.data.batch`` with fixed shapes."""
+
+    def __init__(self, tables: FeatureTables, *, rows: int, list_size: int,
+                 num_models: int = 0, num_groups: int = 0, slot_offset: tuple[int, int] = (0, 0)):  # fmt: skip
+        self.t = tables
+        self.rows, self.list_size = rows, list_size
+        self.num_models = num_models or rows * list_size
+        self.num_groups = num_groups or max(1, rows * list_size // 2)
+        self.slot_offset = slot_offset
+
+    def map(self, batch_rows: Sequence[Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
+        t, R, L = self.t, self.rows, self.list_size
+        shape = (R, L)
+        rec = np.zeros(shape, np.int64)
+        mask = np.zeros(shape, bool)
+        segment = np.zeros(shape, np.int32)
+        list_id = np.zeros(shape, np.int64)
+        n_lists = 0
+        for r, row in enumerate(batch_rows):
+            pos = 0
+            for s, items in enumerate(row):
+                n = len(items)
+                rec[r, pos : pos + n] = items
+                mask[r, pos : pos + n] = True
+                segment[r, pos : pos + n] = s + 1
+                list_id[r, pos : pos + n] = n_lists
+                n_lists += 1
+                pos += n
+        if n_lists > self.num_groups:
+            raise ValueError(f"{n_lists} lists exceed the batch's group block {self.num_groups}")
+        models, model_slot = np.unique(np.where(mask, t.rec_model[rec], -1), return_inverse=True)
+        model_slot = model_slot.reshape(shape)
+        if models[0] == -1:  # padding slots point at a real row; masked out anyway
+            models = models[1:]
+            model_slot = np.maximum(model_slot - 1, 0)
+        if len(models) > self.num_models:
+            raise ValueError(f"{len(models)} models exceed input.max_models_per_batch")
+        group_of_list = np.zeros(self.num_groups, np.int64)
+        group_of_list[list_id[mask]] = t.rec_group[rec[mask]]
+        out = {
+            "mask": mask,
+            "segment": segment,
+            "model_slot": (model_slot + self.slot_offset[0]).astype(np.int32),
+            "group_slot": (np.where(mask, list_id, 0) + self.slot_offset[1]).astype(np.int32),
+            "value": np.where(mask, t.rec_value[rec], 0).astype(np.float32),
+            "z": np.where(mask, t.rec_z[rec], 0).astype(np.float32),
+        }
+        mpad = np.zeros(self.num_models, np.int64)
+        mpad[: len(models)] = models
+        for k, col in t.model_cols.items():
+            out[k] = col[mpad]
+        out["model_desc"] = np.asarray(t.model_desc[mpad], np.float32)
+        for k, col in t.group_cols.items():
+            out[k] = col[group_of_list]
+        ds = t.group_dataset[group_of_list]
+        out["dataset_desc"] = np.asarray(t.dataset_desc[ds], np.float32)
+        return out
+
+
+def train_dataset(
+    tables: FeatureTables,
+    *,
+    rows: int,
+    list_size: int,
+    pack: bool,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_models: int = 0,
+    worker_count: int = 0,
+) -> tuple[grain.IterDataset, TrainLists]:
+    """The training stream for this process (``rows`` = process-local rows)."""
+    src = TrainLists(tables.corpus, list_size=list_size, seed=seed)
+    ds = grain.MapDataset.source(src)[process_index::process_count].to_iter_dataset()
+    ds = PackLists(ds, rows=rows, list_size=list_size, pack=pack)
+    feat = Featurize(tables, rows=rows, list_size=list_size, num_models=num_models)
+    feat.slot_offset = (process_index * feat.num_models, process_index * feat.num_groups)
+    ds = ds.map(feat)
+    if worker_count > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return ds, src
+
+
+# --- evaluation -----------------------------------------------------------------------------
+def bucket_size(n: int, minimum: int = 16) -> int:
+    return max(minimum, 1 << (n - 1).bit_length())
+
+
+def eval_batches(
+    tables: FeatureTables,
+    split: int,
+    setting: int | None,
+    *,
+    slots_per_batch: int = 8192,
+    min_list: int = 16,
+) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """(batch, group ids per row; -1 = padding row) over every group of ``split``/``setting``
+    with >= 2 records, one group per row, rows padded to power-of-two list buckets."""
+    groups, lists = lists_by_group(tables.corpus, split, setting)
+    by_bucket: dict[int, list[int]] = {}
+    for i, x in enumerate(lists):
+        by_bucket.setdefault(bucket_size(len(x), min_list), []).append(i)
+    for L in sorted(by_bucket):
+        R = max(1, slots_per_batch // L)
+        feat = Featurize(tables, rows=R, list_size=L)
+        idx = by_bucket[L]
+        for a in range(0, len(idx), R):
+            chunk = idx[a : a + R]
+            rows = [[lists[i]] for i in chunk]
+            gid = np.full(R, -1, np.int64)
+            gid[: len(chunk)] = groups[chunk]
+            yield feat.map(rows), gid

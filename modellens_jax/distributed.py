@@ -1,0 +1,46 @@
+"""Multi-process start-up: ``jax.distributed.initialize`` when a run spans several processes.
+
+On TPU pods (and SLURM / Open MPI clusters JAX recognises) ``initialize()`` auto-detects
+everything; elsewhere pass ``--coordinator=host:port --num_processes=N --process_id=i``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import flags
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process runs).")
+    flags.DEFINE_integer("num_processes", None, "Total number of processes.")
+    flags.DEFINE_integer("process_id", None, "This process's index.")
+    flags.DEFINE_bool(
+        "distributed",
+        False,
+        "Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM).",
+    )
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> None:
+    """Initialises the JAX distributed runtime when asked; a no-op for single-process runs."""
+    if coordinator or num_processes:
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=120,
+        )
+    elif auto or os.environ.get("MODELLENS_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+
+
+def initialize_from_flags() -> None:
+    f = flags.FLAGS
+    initialize(f.coordinator, f.num_processes, f.process_id, f.distributed)

@@ -1,0 +1,527 @@
+"""The ModelLens scorer (method.md §2–§4) in Flax NNX, with a factorised first layer.
+
+The upstream network concatenates, per record, ``name ‖ model-id ‖ model-desc ‖ dataset-id ‖
+dataset-desc ‖ size ‖ family ‖ task ‖ metric`` (in_dim 6016 at the paper's dims) and applies
+``Linear(in_dim → hidden)``. That first layer is a sum of per-feature products, so we split its
+kernel by feature and compute the **model side** (name, model id, model desc, size, family) once
+per distinct model of the batch ``[U, H]`` and the **context side** (dataset id, dataset desc,
+task, metric, plus the bias) once per group ``[S, H]``; a record's pre-activation is
+``Mside[model_slot] + Cside[group_slot]``. The concatenated ``[R, L, in_dim]`` input is never
+built in training or serving; :meth:`Scorer.forward_concatenated` computes it only to document
+and test the equivalence.
+
+ID dropout (method.md §3, training only): each record independently replaces its model ID and,
+independently, its dataset ID by [UNK] (row 0). In the factorised form this is a per-record
+select between ``Mside[u]`` and ``Mside[u] − W_id·e_id(u) + W_id·e_unk``.
+
+Parameter paths (``/``-joined, as :func:`partition_rules` matches them)::
+
+    model_id_embed/embedding     [num_model_ids, model_id_dim]   (row 0 = [UNK])
+    name_embed/embedding         [name_buckets, name_dim]
+    dataset_id_embed/embedding   [num_dataset_ids, dataset_id_dim] (row 0 = [UNK])
+    task_embed/embedding, metric_embed/embedding, size_embed/embedding, family_embed/embedding
+    first/kernels/<feature>      [feature_dim, hidden]  (the first Linear, split by feature)
+    first/bias                   [hidden]
+    second/kernel, second/bias   [hidden, hidden], [hidden]
+    rank_head/{kernel,bias}      [hidden, 1], [1]   residual score s_res
+    point_head/{kernel,bias}     [hidden, 1], [1]   pointwise z-score ẑ
+    prior_hidden/{kernel,bias}   [size_dim + family_dim, hidden/2]
+    prior_out/{kernel,bias}      [hidden/2, 1]
+    temperature                  []                 score = (s_res + s_prior) / max(T, 1e-3)
+
+Disabled features create no parameters. Initialisation: embedding tables N(0, 1) as upstream's
+torch ``nn.Embedding`` (the name table is xavier-uniform, as upstream); linear layers use Flax's
+lecun-normal kernels and zero biases, and the split first-layer kernel is drawn as one
+``[in_dim, hidden]`` matrix so its fan-in is the full ``in_dim`` of the upstream Linear.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+Array = jax.Array
+
+# Feature order of the concatenated input (method.md §4); the split first-layer kernel follows it.
+FEATURE_ORDER = (
+    "name",
+    "model_id",
+    "model_desc",
+    "dataset_id",
+    "dataset_desc",
+    "size",
+    "family",
+    "task",
+    "metric",
+)
+MODEL_SIDE = ("name", "model_id", "model_desc", "size", "family")
+CONTEXT_SIDE = ("dataset_id", "dataset_desc", "task", "metric")
+MIN_TEMPERATURE = 1e-3
+
+# First path component → block of the parameter table.
+_BLOCKS = {
+    "model_id_embed": "model_id",
+    "name_embed": "name",
+    "dataset_id_embed": "dataset_id",
+    "task_embed": "task",
+    "metric_embed": "metric",
+    "size_embed": "size",
+    "family_embed": "family",
+    "first": "backbone",
+    "second": "backbone",
+    "rank_head": "heads",
+    "point_head": "heads",
+    "prior_hidden": "prior",
+    "prior_out": "prior",
+    "temperature": "temperature",
+}
+BLOCK_NAMES = (
+    "model_id",
+    "name",
+    "dataset_id",
+    "task",
+    "metric",
+    "size",
+    "family",
+    "backbone",
+    "heads",
+    "prior",
+    "temperature",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSizes:
+    """Vocabulary sizes and frozen-embedding widths the scorer's tables are built for.
+
+    ID vocabularies include row 0 = [UNK]; ``num_size_buckets`` includes 0 = unknown size and
+    ``num_families`` includes 0 = [UNK] family.
+    """
+
+    num_model_ids: int
+    name_buckets: int
+    num_size_buckets: int
+    num_families: int
+    num_dataset_ids: int
+    num_tasks: int
+    num_metrics: int
+    model_desc_dim: int
+    dataset_desc_dim: int
+
+
+def _compute_dtype(name: str) -> jnp.dtype:
+    if name == "float32":
+        return jnp.dtype(jnp.float32)
+    if name == "bfloat16":
+        return jnp.dtype(jnp.bfloat16)
+    raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {name!r}")
+
+
+def _matmul(x: Array, kernel: Array, dtype: jnp.dtype) -> Array:
+    """``x @ kernel`` with operands cast to ``dtype`` and a float32 result."""
+    return jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _dense(layer: nnx.Linear, x: Array, dtype: jnp.dtype) -> Array:
+    return _matmul(x, layer.kernel[...], dtype) + layer.bias[...]
+
+
+def _take(x: Array, idx: Array) -> Array:
+    """Gathers rows of ``x`` by slot; clipped so padded slots never produce NaN."""
+    return jnp.take(x, idx, axis=0, mode="clip")
+
+
+def _embed_table(num: int, dim: int, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(num, dim, embedding_init=nnx.initializers.normal(stddev=1.0), rngs=rngs)
+
+
+class _SplitDense(nnx.Module):
+    """The first Linear(in_dim → hidden), its kernel stored as one row block per feature."""
+
+    def __init__(self, dims: Mapping[str, int], hidden: int, *, rngs: nnx.Rngs):
+        names = [f for f in FEATURE_ORDER if f in dims]
+        in_dim = sum(dims[f] for f in names)
+        full = nnx.initializers.lecun_normal()(rngs.params(), (in_dim, hidden), jnp.float32)
+        kernels, start = {}, 0
+        for f in names:
+            kernels[f] = nnx.Param(full[start : start + dims[f]])
+            start += dims[f]
+        self.kernels = nnx.Dict(kernels)
+        self.bias = nnx.Param(jnp.zeros((hidden,), jnp.float32))
+
+
+class Scorer(nnx.Module):
+    """ModelLens scorer: residual backbone score plus a size/family prior, over a temperature.
+
+    ``config`` is ``config.model`` (or any object with those attributes); ``sizes`` fixes the
+    table shapes. Call it on a batch obeying :mod:`modellens_jax.data.batch`.
+    """
+
+    def __init__(self, config: Any, sizes: FeatureSizes, *, rngs: nnx.Rngs):
+        c = config
+        self.hidden_dim = int(c.hidden_dim)
+        self.dtype = _compute_dtype(str(c.compute_dtype))
+        self.dropout_rate = float(c.dropout)
+        self.model_id_dropout = float(c.model_id_dropout) if c.use_model_id else 0.0
+        self.dataset_id_dropout = float(c.dataset_id_dropout) if c.use_dataset_id else 0.0
+        self.use_model_id = bool(c.use_model_id)
+        self.use_model_name = bool(c.use_model_name)
+        self.use_model_desc = bool(c.use_model_desc)
+        self.use_dataset_id = bool(c.use_dataset_id)
+        self.use_dataset_desc = bool(c.use_dataset_desc)
+        self.use_size_feature = bool(c.use_size_feature)
+        # Family is one switch for backbone and prior (method.md §2, §9 "no_family").
+        self.use_family = bool(c.use_family_prior)
+        self.use_size_prior = bool(c.use_size_prior) and self.use_size_feature
+        for name, p in (("model", self.model_id_dropout), ("dataset", self.dataset_id_dropout)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name}_id_dropout must be in [0, 1], got {p}")
+
+        dims: dict[str, int] = {"task": int(c.task_dim), "metric": int(c.metric_dim)}
+        if self.use_model_name:
+            dims["name"] = int(c.name_dim)
+            self.name_embed = nnx.Embed(
+                sizes.name_buckets,
+                int(c.name_dim),
+                embedding_init=nnx.initializers.xavier_uniform(),
+                rngs=rngs,
+            )
+        if self.use_model_id:
+            dims["model_id"] = int(c.model_id_dim)
+            self.model_id_embed = _embed_table(sizes.num_model_ids, int(c.model_id_dim), rngs)
+        if self.use_model_desc:
+            dims["model_desc"] = int(sizes.model_desc_dim)
+        if self.use_dataset_id:
+            dims["dataset_id"] = int(c.dataset_id_dim)
+            self.dataset_id_embed = _embed_table(sizes.num_dataset_ids, int(c.dataset_id_dim), rngs)
+        if self.use_dataset_desc:
+            dims["dataset_desc"] = int(sizes.dataset_desc_dim)
+        if self.use_size_feature:
+            dims["size"] = int(c.size_dim)
+            self.size_embed = _embed_table(sizes.num_size_buckets, int(c.size_dim), rngs)
+        if self.use_family:
+            dims["family"] = int(c.family_dim)
+            self.family_embed = _embed_table(sizes.num_families, int(c.family_dim), rngs)
+        self.task_embed = _embed_table(sizes.num_tasks, int(c.task_dim), rngs)
+        self.metric_embed = _embed_table(sizes.num_metrics, int(c.metric_dim), rngs)
+        self.feature_dims = {f: dims[f] for f in FEATURE_ORDER if f in dims}
+
+        h = self.hidden_dim
+        self.first = _SplitDense(self.feature_dims, h, rngs=rngs)
+        self.second = nnx.Linear(h, h, rngs=rngs)
+        self.drop1 = nnx.Dropout(self.dropout_rate)
+        self.drop2 = nnx.Dropout(self.dropout_rate)
+        self.rank_head = nnx.Linear(h, 1, rngs=rngs)
+        self.point_head = nnx.Linear(h, 1, rngs=rngs)
+
+        prior_in = (int(c.size_dim) if self.use_size_prior else 0) + (
+            int(c.family_dim) if self.use_family else 0
+        )
+        self.has_prior = prior_in > 0
+        if self.has_prior:
+            self.prior_hidden = nnx.Linear(prior_in, h // 2, rngs=rngs)
+            self.prior_out = nnx.Linear(h // 2, 1, rngs=rngs)
+        self.temperature = nnx.Param(jnp.asarray(float(c.init_temperature), jnp.float32))
+
+    # ----------------------------------------------------------------------------- features
+    @property
+    def in_dim(self) -> int:
+        """Width of the (never materialised) concatenated input."""
+        return sum(self.feature_dims.values())
+
+    def name_embedding(self, tokens: Array, mask: Array) -> Array:
+        """Masked mean of hashed name-token embeddings ``[..., T] → [..., name_dim]``; empty → 0."""
+        w = mask.astype(jnp.float32)
+        emb = self.name_embed(jnp.where(mask, tokens, 0))
+        total = jnp.einsum("...t,...td->...d", w, emb)
+        return total / jnp.maximum(w.sum(-1, keepdims=True), 1.0)
+
+    def model_features(self, models: Mapping[str, Array]) -> dict[str, Array]:
+        """Enabled model-side feature vectors, one row per distinct model ``[U, d_f]``."""
+        out: dict[str, Array] = {}
+        if self.use_model_name:
+            out["name"] = self.name_embedding(models["name_tokens"], models["name_mask"])
+        if self.use_model_id:
+            out["model_id"] = self.model_id_embed(models["model_id"])
+        if self.use_model_desc:
+            out["model_desc"] = jnp.asarray(models["model_desc"], jnp.float32)
+        if self.use_size_feature:
+            out["size"] = self.size_embed(models["size_bucket"])
+        if self.use_family:
+            out["family"] = self.family_embed(models["family"])
+        return out
+
+    def context_features(self, groups: Mapping[str, Array]) -> dict[str, Array]:
+        """Enabled context-side feature vectors, one row per group ``[S, d_f]``."""
+        out: dict[str, Array] = {}
+        if self.use_dataset_id:
+            out["dataset_id"] = self.dataset_id_embed(groups["dataset_id"])
+        if self.use_dataset_desc:
+            out["dataset_desc"] = jnp.asarray(groups["dataset_desc"], jnp.float32)
+        out["task"] = self.task_embed(groups["task"])
+        out["metric"] = self.metric_embed(groups["metric"])
+        return out
+
+    def _project(self, feats: Mapping[str, Array], num: int) -> Array:
+        acc = jnp.zeros((num, self.hidden_dim), jnp.float32)
+        for f, x in feats.items():
+            acc = acc + _matmul(x, self.first.kernels[f][...], self.dtype)
+        return acc
+
+    # ------------------------------------------------------------------ factorised first layer
+    def model_side(self, models: Mapping[str, Array]) -> Array:
+        """Model half of the first layer (pre-activation, no bias), ``[U, hidden]`` float32."""
+        u = models["model_id"].shape[0]
+        return self._project(self.model_features(models), u)
+
+    def context_side(self, groups: Mapping[str, Array]) -> Array:
+        """Context half of the first layer plus its bias, ``[S, hidden]`` float32."""
+        feats = self.context_features(groups)
+        return self._project(feats, groups["task"].shape[0]) + self.first.bias[...]
+
+    def _unk_side(self, table: nnx.Embed, feature: str, ids_proj: Array, side: Array) -> Array:
+        """The side with each row's ID replaced by [UNK]: ``side − W·e_id + W·e_unk``."""
+        unk = _matmul(table.embedding[...][:1], self.first.kernels[feature][...], self.dtype)
+        return side - ids_proj + unk
+
+    def model_prior(self, models: Mapping[str, Array]) -> Array:
+        """Size/family prior score per distinct model ``[U]``; zeros when no prior is enabled."""
+        u = models["model_id"].shape[0]
+        if not self.has_prior:
+            return jnp.zeros((u,), jnp.float32)
+        parts = []
+        if self.use_size_prior:
+            parts.append(self.size_embed(models["size_bucket"]))
+        if self.use_family:
+            parts.append(self.family_embed(models["family"]))
+        x = jax.nn.relu(_dense(self.prior_hidden, jnp.concatenate(parts, -1), self.dtype))
+        return _dense(self.prior_out, x, self.dtype)[..., 0]
+
+    def first_layer_kernel(self) -> Array:
+        """The split kernel reassembled as the upstream ``[in_dim, hidden]`` matrix (§4 order)."""
+        return jnp.concatenate([self.first.kernels[f][...] for f in self.feature_dims], 0)
+
+    # ------------------------------------------------------------------------------ forward
+    def id_dropout_masks(self, key: Array, shape: tuple[int, ...]) -> tuple[Array, Array]:
+        """Per-record Bernoulli masks (True = replace by [UNK]) for model and dataset IDs."""
+        k_m, k_d = jax.random.split(key)
+        return (
+            jax.random.bernoulli(k_m, self.model_id_dropout, shape),
+            jax.random.bernoulli(k_d, self.dataset_id_dropout, shape),
+        )
+
+    def _keys(self, train: bool, key: Array | None) -> tuple[Array, Array] | None:
+        if not train:
+            return None
+        if key is None:
+            raise ValueError("train=True needs a PRNG key")
+        k_id, k_drop = jax.random.split(key)
+        return k_id, k_drop
+
+    def _trunk(self, pre: Array, prior: Array, train: bool, key: Array | None) -> dict[str, Array]:
+        """ReLU → Dropout → Linear → ReLU → Dropout → heads; then the tempered score."""
+        k1 = k2 = None
+        if train:
+            k1, k2 = jax.random.split(key)
+        h = self.drop1(jax.nn.relu(pre), deterministic=not train, rngs=k1)
+        h = jax.nn.relu(_dense(self.second, h, self.dtype))
+        h = self.drop2(h, deterministic=not train, rngs=k2)
+        residual = _dense(self.rank_head, h, self.dtype)[..., 0]
+        z_hat = _dense(self.point_head, h, self.dtype)[..., 0]
+        score = (residual + prior) / jnp.maximum(self.temperature[...], MIN_TEMPERATURE)
+        return {"score": score, "prior": prior, "residual": residual, "z_hat": z_hat}
+
+    def __call__(
+        self, batch: Mapping[str, Array], *, train: bool = False, key: Array | None = None
+    ) -> dict[str, Array]:
+        """Scores every record slot: ``score``, ``prior``, ``residual``, ``z_hat``, each [R, L].
+
+        ``train=True`` applies ID dropout and dropout with randomness derived from ``key``;
+        ``train=False`` is deterministic. Values at padded slots are meaningless (but finite).
+        """
+        keys = self._keys(train, key)
+        mslot, gslot = batch["model_slot"], batch["group_slot"]
+        u, s = batch["model_id"].shape[0], batch["task"].shape[0]
+        mfeats = self.model_features(batch)
+        cfeats = self.context_features(batch)
+        mside = self._project(mfeats, u)
+        cside = self._project(cfeats, s) + self.first.bias[...]
+        m_rec, c_rec = _take(mside, mslot), _take(cside, gslot)
+        if keys is not None and (self.model_id_dropout > 0 or self.dataset_id_dropout > 0):
+            drop_m, drop_d = self.id_dropout_masks(keys[0], mslot.shape)
+            if self.model_id_dropout > 0:
+                proj = _matmul(mfeats["model_id"], self.first.kernels["model_id"][...], self.dtype)
+                m_unk = self._unk_side(self.model_id_embed, "model_id", proj, mside)
+                m_rec = jnp.where(drop_m[..., None], _take(m_unk, mslot), m_rec)
+            if self.dataset_id_dropout > 0:
+                proj = _matmul(
+                    cfeats["dataset_id"], self.first.kernels["dataset_id"][...], self.dtype
+                )
+                c_unk = self._unk_side(self.dataset_id_embed, "dataset_id", proj, cside)
+                c_rec = jnp.where(drop_d[..., None], _take(c_unk, gslot), c_rec)
+        prior = _take(self.model_prior(batch), mslot)
+        return self._trunk(m_rec + c_rec, prior, train, None if keys is None else keys[1])
+
+    def forward_concatenated(
+        self, batch: Mapping[str, Array], *, train: bool = False, key: Array | None = None
+    ) -> dict[str, Array]:
+        """Reference formulation: builds the per-record ``[R, L, in_dim]`` input and applies the
+        whole first Linear. Same outputs as ``__call__`` (same key → same masks); tests only."""
+        keys = self._keys(train, key)
+        mslot, gslot = batch["model_slot"], batch["group_slot"]
+        if keys is not None:
+            drop_m, drop_d = self.id_dropout_masks(keys[0], mslot.shape)
+        else:
+            drop_m = drop_d = jnp.zeros(mslot.shape, bool)
+        models = {k: _take(jnp.asarray(batch[k]), mslot) for k in _model_keys(self)}
+        groups = {k: _take(jnp.asarray(batch[k]), gslot) for k in _group_keys(self)}
+        if self.use_model_id:
+            models["model_id"] = jnp.where(drop_m, 0, models["model_id"])
+        if self.use_dataset_id:
+            groups["dataset_id"] = jnp.where(drop_d, 0, groups["dataset_id"])
+        per_record: dict[str, Array] = {}
+        per_record.update(self.model_features(models))
+        per_record.update(self.context_features(groups))
+        x = jnp.concatenate([per_record[f] for f in self.feature_dims], -1)
+        pre = _matmul(x, self.first_layer_kernel(), self.dtype) + self.first.bias[...]
+        prior = _take(self.model_prior(batch), mslot)
+        return self._trunk(pre, prior, train, None if keys is None else keys[1])
+
+    # ------------------------------------------------------------------------------ serving
+    def score_sides(self, mside: Array, cside: Array, prior: Array) -> dict[str, Array]:
+        """Inference scores of every group against every model ``[S, U]`` from cached sides.
+
+        For serving: compute ``model_side``/``model_prior`` once for all candidates, then one
+        ``context_side`` per query dataset.
+        """
+        pre = cside[:, None, :] + mside[None, :, :]
+        return self._trunk(pre, jnp.broadcast_to(prior[None, :], pre.shape[:2]), False, None)
+
+    def score_all(self, models: Mapping[str, Array], groups: Mapping[str, Array]) -> dict:
+        """Inference scores ``[S, U]`` of each group in ``groups`` against each model."""
+        return self.score_sides(
+            self.model_side(models), self.context_side(groups), self.model_prior(models)
+        )
+
+
+def _model_keys(m: Scorer) -> list[str]:
+    keys = ["model_id"]
+    if m.use_model_name:
+        keys += ["name_tokens", "name_mask"]
+    if m.use_model_desc:
+        keys.append("model_desc")
+    if m.use_size_feature:
+        keys.append("size_bucket")
+    if m.use_family:
+        keys.append("family")
+    return keys
+
+
+def _group_keys(m: Scorer) -> list[str]:
+    keys = ["task", "metric"]
+    if m.use_dataset_id:
+        keys.append("dataset_id")
+    if m.use_dataset_desc:
+        keys.append("dataset_desc")
+    return keys
+
+
+# ---------------------------------------------------------------------------------- sizes
+def param_counts(config_model: Any, sizes: FeatureSizes) -> dict[str, int]:
+    """Parameter count per block (plus ``total``), from abstract shapes: nothing is allocated."""
+    abstract = nnx.eval_shape(lambda: Scorer(config_model, sizes, rngs=nnx.Rngs(0)))
+    counts = dict.fromkeys(BLOCK_NAMES, 0)
+    for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+        counts[_BLOCKS[str(path[0])]] += int(var.size)
+    counts["total"] = sum(counts[b] for b in BLOCK_NAMES)
+    return counts
+
+
+# ------------------------------------------------------------------------------ sharding
+def partition_rules() -> tuple[tuple[str, P], ...]:
+    """Regex over ``/``-joined parameter paths → PartitionSpec on a ``("data", "model")`` mesh.
+
+    The three ID/token tables (72M, 5M and 2.5M parameters at the paper's dims) are split by
+    **columns** over ``"model"``: a row gather stays local to each shard, so the table is never
+    all-gathered, and AdamW moments follow the same split. (Row sharding would also divide memory
+    but makes every lookup a cross-shard gather.) Column counts must divide the ``model`` axis.
+    Everything not matched is replicated.
+    """
+    return (
+        (r"^model_id_embed/embedding$", P(None, "model")),
+        (r"^name_embed/embedding$", P(None, "model")),
+        (r"^dataset_id_embed/embedding$", P(None, "model")),
+    )
+
+
+def partition_spec(path: str) -> P:
+    """The spec of the first rule matching ``path`` (``/``-joined), else replicated ``P()``."""
+    for pattern, spec in partition_rules():
+        if re.search(pattern, path):
+            return spec
+    return P()
+
+
+def partition_specs(state: nnx.State) -> Any:
+    """A tree like ``state`` with a PartitionSpec per leaf, by :func:`partition_rules`."""
+
+    def spec(path: tuple, _: Any) -> P:
+        names = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
+        return partition_spec("/".join(names))
+
+    return jax.tree_util.tree_map_with_path(spec, state)
+
+
+# ---------------------------------------------------------------------------- CLI table
+PAPER_SIZES = FeatureSizes(
+    num_model_ids=47_001,  # 47,000 models + [UNK]
+    name_buckets=10_000,
+    num_size_buckets=23,
+    num_families=400,
+    num_dataset_ids=9_601,  # 9,600 dataset ids + [UNK]
+    num_tasks=300,
+    num_metrics=600,
+    model_desc_dim=1536,
+    dataset_desc_dim=1536,
+)
+
+
+def _paper_model_config() -> Any:
+    """``configs/default.py:paper``'s model block when the repo is present, else inline dims."""
+    path = Path(__file__).resolve().parents[1] / "configs" / "default.py"
+    if path.exists():
+        spec = importlib.util.spec_from_file_location("_modellens_default_config", path)
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module.get_config("paper").model
+    import types
+
+    return types.SimpleNamespace(
+        model_id_dim=1536, name_dim=512, dataset_id_dim=256, task_dim=256, metric_dim=256,
+        size_dim=64, family_dim=64, hidden_dim=512, dropout=0.02, model_id_dropout=0.1,
+        dataset_id_dropout=0.1, init_temperature=1.0, use_model_id=True, use_model_name=True,
+        use_model_desc=True, use_dataset_id=True, use_dataset_desc=True, use_size_feature=True,
+        use_size_prior=True, use_family_prior=True, compute_dtype="float32",
+    )  # fmt: skip
+
+
+def main() -> None:
+    """Prints the per-block parameter table at the paper's dims."""
+    counts = param_counts(_paper_model_config(), PAPER_SIZES)
+    print(f"ModelLens scorer at paper dims ({PAPER_SIZES})")
+    for block in (*BLOCK_NAMES, "total"):
+        print(f"  {block:<12} {counts[block]:>12,d}  ({counts[block] / 1e6:7.3f}M)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The device mesh and how state and batches are laid out on it.
+
+Mesh axes are ("data", "model"). Batches shard their leading axis over "data". Parameters are
+replicated except those matched by ``rules`` (regex over the '/'-joined state path -> spec):
+the large ID tables shard their embedding columns over "model", so a model-parallel axis spreads
+the biggest memory. Optimizer moments follow their parameter (same path suffix).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+# (regex over the state path, spec for a 2-D table). Columns shard, rows stay whole: row counts
+# are corpus sizes (rarely divisible), embedding widths are powers of two.
+DEFAULT_RULES: tuple[tuple[str, P], ...] = (
+    (r"model_id.*embedding", P(None, "model")),
+    (r"name.*embedding", P(None, "model")),
+    (r"dataset_id.*embedding", P(None, "model")),
+)
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: Sequence | None = None) -> jax.sharding.Mesh:
+    """A ("data", "model") mesh; -1 on an axis means all remaining devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    n = len(devices)
+    if model == -1 and data == -1:
+        raise ValueError("config mesh: at most one of mesh.data / mesh.model may be -1")
+    if data == -1:
+        data = n // model
+    if model == -1:
+        model = n // data
+    if data * model != n:
+        raise ValueError(f"config mesh {data}x{model} does not match {n} devices")
+    auto = jax.sharding.AxisType.Auto
+    return jax.make_mesh((data, model), ("data", "model"), (auto, auto), devices=devices)
+
+
+def _path_str(path) -> str:
+    parts = []
+    for k in path:
+        parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
+    return "/".join(parts)
+
+
+def state_shardings(state, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for every leaf of ``state``: rule-matched 2-D leaves shard, others
+    replicate. A rule whose axis does not divide the leaf's dimension falls back to replication."""
+
+    def pick(path, leaf):
+        shape = getattr(leaf, "shape", ())
+        name = _path_str(path)
+        for pattern, spec in rules:
+            if len(shape) == len(spec) and re.search(pattern, name):
+                ok = all(ax is None or shape[i] % mesh.shape[ax] == 0 for i, ax in enumerate(spec))
+                if ok:
+                    return NamedSharding(mesh, spec)
+        return NamedSharding(mesh, P())
+
+    return jax.tree_util.tree_map_with_path(pick, state)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Leading axis over "data", the rest whole."""
+    return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """Process-local batch -> global arrays sharded over "data" (multi-host safe)."""
+    sh = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sh, v) for k, v in batch.items()}
+
+
+def to_replicated(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """A batch every process holds whole (evaluation) -> replicated global arrays."""
+    sh = replicated(mesh)
+    return {
+        k: jax.make_array_from_callback(v.shape, sh, lambda i, v=v: v[i]) for k, v in batch.items()
+    }

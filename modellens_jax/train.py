@@ -1,0 +1,440 @@
+"""The training loop: ``python -m modellens_jax.train --config=configs/default.py --workdir=DIR``.
+
+Setup order matters and is marked by banners: data (compiled corpus + frozen embeddings) ->
+mesh -> model and optimizer (split once into a graphdef and a state pytree) -> shardings ->
+restore (config and corpus checked first) -> jitted step (donated state, explicit shardings)
+-> loop with device-prefetched input, periodic validation, checkpoints and metric writing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from modellens_jax import checkpointing, evaluate, losses, sharding
+from modellens_jax.data import corpus as corpus_lib
+from modellens_jax.data import pipeline, splits
+from modellens_jax.metric_writer import MetricWriter
+from modellens_jax.model import FeatureSizes, Scorer
+
+STRUCTURAL_SECTIONS = ("data", "embed", "model", "loss", "input", "optim", "seed")
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss; the last good checkpoint is left intact."""
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+    """Hash of the config sections that must match for a checkpoint to resume."""
+    d = json.loads(config.to_json_best_effort())
+    sub = {k: d[k] for k in STRUCTURAL_SECTIONS if k in d}
+    return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- data ---------------------------------------------------------------------------------------
+def load_data(config: ml_collections.ConfigDict, workdir: str | Path, *, verbose: bool = True):
+    """The compiled corpus under ``workdir/corpus`` (prepared if absent) and its feature tables
+    (frozen description embeddings computed or taken from the cache if absent)."""
+    from modellens_jax import prepare
+
+    cdir = Path(workdir) / "corpus"
+    if not (cdir / "manifest.json").exists():
+        if jax.process_index() == 0:
+            prepare.prepare(config.data, cdir, verbose=verbose)
+        _barrier("prepare")
+    corpus = corpus_lib.load_corpus(cdir)
+    m_cfg = config.model
+    need = m_cfg.use_model_desc or m_cfg.use_dataset_desc
+    if need:
+        from modellens_jax import embed
+
+        if not (cdir / "embeddings" / "manifest.json").exists():
+            if jax.process_index() == 0:
+                embed.embed_corpus(cdir, encoder=config.embed.encoder, dtype=config.embed.dtype,
+                                   batch_size=config.embed.batch_size,
+                                   max_length=config.embed.max_length, verbose=verbose)  # fmt: skip
+            _barrier("embed")
+        model_desc, dataset_desc = embed.load_corpus_embeddings(cdir)
+    if not (need and m_cfg.use_model_desc):
+        model_desc = np.zeros((len(corpus.model_names), 0), np.float32)
+    if not (need and m_cfg.use_dataset_desc):
+        dataset_desc = np.zeros((len(corpus.vocab["datasets"]), 0), np.float32)
+    return corpus, pipeline.FeatureTables(corpus, model_desc, dataset_desc)
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def feature_sizes(
+    config: ml_collections.ConfigDict, tables: pipeline.FeatureTables
+) -> FeatureSizes:
+    c = tables.corpus
+    return FeatureSizes(
+        num_model_ids=int(np.max(c["model_id"])) + 1,
+        name_buckets=int(config.data.name_buckets),
+        num_size_buckets=len(config.data.size_edges) + 2,
+        num_families=len(c.vocab["families"]),
+        num_dataset_ids=int(np.max(c["dataset_id"])) + 1,
+        num_tasks=len(c.vocab["tasks"]),
+        num_metrics=len(c.vocab["metrics"]),
+        model_desc_dim=int(tables.model_desc.shape[1]),
+        dataset_desc_dim=int(tables.dataset_desc.shape[1]),
+    )
+
+
+# --- model, optimizer, step ---------------------------------------------------------------------
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine (or constant) decay and global-norm clipping.
+    Weight decay applies to kernels and embedding tables, not to biases or the temperature."""
+    o = config.optim
+    steps = max(int(config.train.steps), 1)
+    warm = min(int(o.warmup_steps), steps - 1) if steps > 1 else 0
+    if o.decay == "cosine":
+        sched = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, max(warm, 1), steps,
+                                                   o.learning_rate * 0.05)  # fmt: skip
+        if warm == 0:
+            sched = optax.cosine_decay_schedule(o.learning_rate, steps, 0.05)
+    elif o.decay == "constant":
+        sched = (optax.linear_schedule(0.0, o.learning_rate, warm) if warm else
+                 optax.constant_schedule(o.learning_rate))  # fmt: skip
+        if warm:
+            sched = optax.join_schedules([sched, optax.constant_schedule(o.learning_rate)], [warm])
+    else:
+        raise ValueError(f"config optim.decay={o.decay!r}: expected cosine or constant")
+
+    def decay_mask(params):
+        return jax.tree_util.tree_map_with_path(lambda p, x: getattr(x, "ndim", 0) >= 2, params)
+
+    return optax.chain(
+        optax.clip_by_global_norm(o.clip_norm),
+        optax.adamw(sched, weight_decay=o.weight_decay, mask=decay_mask),
+    )
+
+
+def loss_weights(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+    """Loss weights as arrays (traced, so sweep points share one compiled step)."""
+    w = config.loss.weights
+    return {k: jnp.float32(w[k]) for k in ("listwise", "pairwise", "pointwise")}
+
+
+def make_train_step(graphdef, loss_cfg: ml_collections.ConfigDict):
+    """The pure step: (state, acc, batch, weights, base_key) -> (state, acc)."""
+    pl_reduction, pl_ties = str(loss_cfg.pl_reduction), str(loss_cfg.pl_ties)
+    bpr_weighting, cap = str(loss_cfg.bpr_weighting), float(loss_cfg.bpr_weight_cap)
+
+    def step(state, acc, batch, weights, base_key):
+        model, opt = nnx.merge(graphdef, state)
+        key = jax.random.fold_in(base_key, opt.step[...])
+
+        def loss_fn(model):
+            out = model(batch, train=True, key=key)
+            total, comps = losses.ranking_loss(
+                out["score"], out["z_hat"], batch, weights=weights, pl_reduction=pl_reduction,
+                pl_ties=pl_ties, bpr_weighting=bpr_weighting, bpr_weight_cap=cap,
+            )  # fmt: skip
+            return total, comps
+
+        (loss, comps), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        opt.update(model, grads)
+        new = {
+            **comps,
+            "loss_sum": loss,
+            "loss_count": jnp.float32(1),
+            "grad_norm_sum": optax.global_norm(grads),
+            "records": jnp.sum(batch["mask"]).astype(jnp.float32),
+            "nonfinite": (~jnp.isfinite(loss)).astype(jnp.float32),
+            "steps": jnp.float32(1),
+        }
+        acc = {k: acc[k] + jnp.asarray(v, jnp.float32) for k, v in new.items()}
+        return nnx.state((model, opt)), acc
+
+    return step
+
+
+def make_score_fn(graphdef):
+    """(state, batch) -> scores, inference mode (no dropout, no ID dropout)."""
+
+    def score(state, batch):
+        model, _ = nnx.merge(graphdef, state)
+        return model(batch, train=False)["score"]
+
+    return score
+
+
+# --- input prefetch -----------------------------------------------------------------------------
+class DevicePrefetch:
+    """Pulls batches on a background thread and places them on the mesh ahead of the step.
+
+    Each item carries the iterator state *after* its batch, so a checkpoint taken after
+    consuming batch k resumes at batch k + 1 no matter how far the prefetch ran ahead."""
+
+    def __init__(self, iterator, mesh, size: int = 2):
+        self.it, self.mesh = iterator, mesh
+        self.q: queue.Queue = queue.Queue(maxsize=max(size, 1))
+        self.stop = threading.Event()
+        self.host_seconds = 0.0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            while not self.stop.is_set():
+                t0 = time.perf_counter()
+                b = next(self.it)
+                state = self.it.get_state()
+                n_real = int(b["mask"].sum())
+                dev = sharding.to_global(b, self.mesh)
+                self.host_seconds += time.perf_counter() - t0
+                while not self.stop.is_set():
+                    try:
+                        self.q.put((dev, state, n_real, b["mask"].size), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # surfaced on the consumer side
+            self.q.put(e)
+
+    def next(self):
+        item = self.q.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+# --- the loop -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    state: Any
+    graphdef: Any
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    compiles: int
+
+
+def _acc_zeros(keys) -> dict[str, jax.Array]:
+    return {k: jnp.zeros((), jnp.float32) for k in keys}
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, *, verbose: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:  # fmt: skip
+    """Trains (resuming from ``workdir`` if it holds checkpoints); ``stop_after`` simulates an
+    interruption after that many steps of this call (tests)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    say = print if (verbose and jax.process_index() == 0) else (lambda *a, **k: None)
+
+    # --- data ----------------------------------------------------------------------------
+    corpus, tables = load_data(config, workdir, verbose=verbose)
+    sizes = feature_sizes(config, tables)
+
+    # --- mesh ----------------------------------------------------------------------------
+    mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.model))
+    n_data, n_proc = mesh.shape["data"], jax.process_count()
+    rows = int(config.input.groups_per_batch)
+    if rows % n_data or rows % n_proc:
+        raise ValueError(
+            f"config input.groups_per_batch={rows} must be divisible by the mesh data axis "
+            f"({n_data}) and the process count ({n_proc})"
+        )
+    L = int(config.input.list_size)
+    num_models = int(config.input.max_models_per_batch) or rows * L
+    if num_models % n_data:
+        raise ValueError(f"input.max_models_per_batch={num_models} must divide by {n_data}")
+
+    # --- model and optimizer ---------------------------------------------------------------
+    model = Scorer(config.model, sizes, rngs=nnx.Rngs(int(config.seed)))
+    opt = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, opt))
+    del model, opt
+    state_sh = sharding.state_shardings(state, mesh)
+    state = jax.device_put(state, state_sh)
+
+    # --- data stream -----------------------------------------------------------------------
+    ds, _ = pipeline.train_dataset(
+        tables, rows=rows // n_proc, list_size=L, pack=bool(config.input.pack),
+        seed=int(config.seed), process_index=jax.process_index(), process_count=n_proc,
+        num_models=num_models // n_proc, worker_count=int(config.input.worker_count),
+    )  # fmt: skip
+    it = iter(ds)
+
+    # --- restore -------------------------------------------------------------------------
+    meta = {
+        "config_hash": config_hash(config),
+        "corpus_fingerprint": corpus.fingerprint,
+        "process_count": n_proc,
+        "worker_count": int(config.input.worker_count),
+    }
+    ckpt = checkpointing.Checkpointer(
+        workdir / "checkpoints", keep_latest=int(config.train.keep_latest),
+        keep_best=int(config.train.keep_best), judge="judge",
+    )  # fmt: skip
+    restored = ckpt.restore(checkpointing.abstract_like(state, state_sh), meta)
+    start = 0
+    if restored is not None:
+        start, state, data_state, _ = restored
+        it.set_state(data_state)
+        say(f"resumed from step {start} ({workdir / 'checkpoints'})")
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+
+    # --- step ------------------------------------------------------------------------------
+    weights = loss_weights(config)
+    base_key = jax.random.key(int(config.seed))
+    acc_keys = ("loss_sum", "loss_count", "grad_norm_sum", "records", "nonfinite", "steps",
+                "listwise_sum", "listwise_count", "pairwise_sum", "pairwise_count",
+                "pointwise_sum", "pointwise_count")  # fmt: skip
+    repl = sharding.replicated(mesh)
+    batch_sh = sharding.batch_sharding(mesh)
+    step_fn = jax.jit(
+        make_train_step(graphdef, config.loss),
+        in_shardings=(state_sh, repl, batch_sh, repl, repl),
+        out_shardings=(state_sh, repl),
+        donate_argnums=(0, 1),
+    )
+    score_fn = jax.jit(make_score_fn(graphdef), in_shardings=(state_sh, repl), out_shardings=repl)
+
+    def model_scorer(batch):
+        return score_fn(state, sharding.to_replicated(batch, mesh))
+
+    writer = MetricWriter(workdir)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    evals_since_best = 0
+    total = int(config.train.steps)
+    end = total if stop_after is None else min(total, start + stop_after)
+    prefetch = DevicePrefetch(it, mesh, int(config.input.prefetch))
+    acc = jax.device_put(_acc_zeros(acc_keys), repl)
+    last_state = None
+    t_window, wait_window, fill_real, fill_all = time.perf_counter(), 0.0, 0, 0
+    t_start = time.perf_counter()
+    compiles_after_warmup = None
+    try:
+        for step in range(start + 1, end + 1):
+            t0 = time.perf_counter()
+            batch, data_state, n_real, n_all = prefetch.next()
+            wait_window += time.perf_counter() - t0
+            fill_real, fill_all = fill_real + n_real, fill_all + n_all
+            state, acc = step_fn(state, acc, batch, weights, base_key)
+            last_state = data_state
+            if step == start + 1:
+                compiles_after_warmup = step_fn._cache_size()
+            log_now = step % int(config.train.log_every) == 0 or step == end
+            eval_now = step % int(config.train.eval_every) == 0 or step == total
+            ckpt_now = step % int(config.train.checkpoint_every) == 0 or step == end or eval_now
+            if not (log_now or eval_now or ckpt_now):
+                continue
+            # --- host sync point: read accumulated sums ----------------------------------
+            a = jax.device_get(acc)
+            acc = jax.device_put(_acc_zeros(acc_keys), repl)
+            if a["nonfinite"] > 0:
+                raise TrainingDiverged(
+                    f"non-finite loss in the {int(a['steps'])} steps ending at step {step}; "
+                    f"stopping. The last good checkpoint ({ckpt.steps()[-1:] or 'none'}) is intact."
+                )
+            now = time.perf_counter()
+            dt = now - t_window
+            n_steps = max(a["steps"], 1)
+            row = {
+                "loss": a["loss_sum"] / n_steps,
+                "grad_norm": a["grad_norm_sum"] / n_steps,
+                "records_per_s": a["records"] / dt,
+                "steps_per_s": n_steps / dt,
+                "data_wait_frac": wait_window / dt,
+                "fill_ratio": fill_real / max(fill_all, 1),
+                "compiles": step_fn._cache_size(),
+            }
+            for k in ("listwise", "pairwise", "pointwise"):
+                row[f"loss_{k}"] = a[f"{k}_sum"] / max(a[f"{k}_count"], 1)
+            t_window, wait_window, fill_real, fill_all = now, 0.0, 0, 0
+            eta = (now - t_start) / max(step - start, 1) * (total - step)
+            say(f"step {step}/{total} loss {row['loss']:.4f} (list {row['loss_listwise']:.3f} "
+                f"pair {row['loss_pairwise']:.3f} point {row['loss_pointwise']:.3f}) "
+                f"{row['records_per_s']:,.0f} rec/s wait {100 * row['data_wait_frac']:.1f}% "
+                f"fill {row['fill_ratio']:.2f} ETA {eta:,.0f}s", flush=True)  # fmt: skip
+            writer.write(step, {f"train/{k}": v for k, v in row.items()})
+            metrics_for_ckpt = None
+            if eval_now:
+                res = evaluate.evaluate_settings(model_scorer, tables, splits.VAL)
+                judge = evaluate.judge_value(res, str(config.train.judge))
+                flat = {f"val/{s}/{k}": v for s, r in res.items() for k, v in r.items()}
+                flat["val/judge"] = judge
+                writer.write(step, flat)
+                history.append({"step": step, "judge": judge, **flat, **row})
+                say(f"  val {config.train.judge}: " + "  ".join(
+                    f"{s} {r[config.train.judge]:.4f}" for s, r in res.items()) + f"  mean {judge:.4f}")  # fmt: skip
+                metrics_for_ckpt = {"judge": judge}
+                if best is None or judge > best["judge"]:
+                    best, evals_since_best = {"step": step, "judge": judge, "val": res}, 0
+                else:
+                    evals_since_best += 1
+            if ckpt_now:
+                ckpt.save(step, state, last_state, {**meta, "step": step,
+                          "mesh": dict(mesh.shape), "config": config.to_json_best_effort()},
+                          metrics_for_ckpt)  # fmt: skip
+            patience = int(config.train.early_stop_patience)
+            if patience and evals_since_best >= patience:
+                say(f"early stop at step {step}: no improvement in {patience} evaluations")
+                if not ckpt_now:
+                    ckpt.save(step, state, last_state, {**meta, "step": step}, None)
+                break
+        final_step = step if end > start else start
+    finally:
+        prefetch.close()
+        ckpt.close()
+        writer.close()
+    compiles = step_fn._cache_size()
+    if compiles_after_warmup is not None and compiles != compiles_after_warmup:
+        say(f"warning: the step recompiled after warm-up ({compiles_after_warmup} -> {compiles})")
+    if jax.process_index() == 0:
+        (workdir / "train_summary.json").write_text(json.dumps(
+            {"step": final_step, "best": best, "compiles": compiles}, indent=1, default=float))  # fmt: skip
+    return TrainResult(final_step, state, graphdef, history, best, compiles)
+
+
+# --- command --------------------------------------------------------------------------------
+def main(argv):
+    del argv
+    from absl import flags
+
+    config = flags.FLAGS["config"].value
+    workdir = flags.FLAGS["workdir"].value
+    from modellens_jax import distributed
+
+    distributed.initialize_from_flags()
+    train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    from modellens_jax import cli, distributed
+
+    cli.define_config_flag()
+    flags.DEFINE_string(
+        "workdir", None, "Run directory (checkpoints, metrics, corpus).", required=True
+    )
+    distributed.define_flags()
+    cli.run(main)

@@ -1,0 +1,356 @@
+"""Tests of the ModelLens scorer: factorisation, ID dropout, switches, sizes, jit, sharding."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from modellens_jax.data.batch import synthetic_batch
+from modellens_jax.model import (
+    BLOCK_NAMES,
+    PAPER_SIZES,
+    FeatureSizes,
+    Scorer,
+    param_counts,
+    partition_specs,
+)
+
+DESC = 12
+SIZES = FeatureSizes(
+    num_model_ids=20,
+    name_buckets=50,
+    num_size_buckets=23,
+    num_families=7,
+    num_dataset_ids=9,
+    num_tasks=5,
+    num_metrics=6,
+    model_desc_dim=DESC,
+    dataset_desc_dim=DESC,
+)
+SWITCHES = (
+    "use_model_id",
+    "use_model_name",
+    "use_model_desc",
+    "use_dataset_id",
+    "use_dataset_desc",
+    "use_size_feature",
+    "use_size_prior",
+    "use_family_prior",
+)
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict(
+        dict(
+            model_id_dim=16, name_dim=8, dataset_id_dim=8, task_dim=4, metric_dim=4, size_dim=4,
+            family_dim=4, hidden_dim=16, dropout=0.1, model_id_dropout=0.1,
+            dataset_id_dropout=0.1, init_temperature=1.0, compute_dtype="float32",
+            **dict.fromkeys(SWITCHES, True),
+        )
+    )  # fmt: skip
+    c.update(overrides)
+    return c
+
+
+def make(seed: int = 0, **overrides) -> Scorer:
+    return Scorer(tiny_config(**overrides), SIZES, rngs=nnx.Rngs(seed))
+
+
+def batch(seed: int = 0, **kw) -> dict[str, jax.Array]:
+    return {
+        k: jnp.asarray(v) for k, v in synthetic_batch(np.random.default_rng(seed), **kw).items()
+    }
+
+
+def param_paths(model: Scorer) -> set[str]:
+    return {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+COMBOS = {
+    "all": {},
+    "no_ids": dict(use_model_id=False, use_dataset_id=False),
+    "semantic_only": dict(
+        use_model_id=False, use_dataset_id=False, use_size_feature=False, use_size_prior=False,
+        use_family_prior=False,
+    ),
+    "interaction_only": dict(
+        use_model_name=False, use_model_desc=False, use_dataset_desc=False,
+        use_size_feature=False, use_size_prior=False, use_family_prior=False,
+    ),
+    "structural_only": dict(
+        use_model_id=False, use_model_name=False, use_model_desc=False, use_dataset_id=False,
+        use_dataset_desc=False,
+    ),
+    "empty_model_side": dict(
+        use_model_id=False, use_model_name=False, use_model_desc=False, use_size_feature=False,
+        use_family_prior=False,
+    ),
+    "no_size_prior": dict(use_size_prior=False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("combo", list(COMBOS))
+def test_factorised_equals_concatenated(combo: str) -> None:
+    model, b = make(**COMBOS[combo]), batch(1)
+    fac, cat = model(b), model.forward_concatenated(b)
+    for k in ("score", "prior", "residual", "z_hat"):
+        assert fac[k].shape == b["mask"].shape and fac[k].dtype == jnp.float32
+        np.testing.assert_allclose(fac[k], cat[k], rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def test_factorised_equals_concatenated_in_training() -> None:
+    # Same key → same ID-dropout and dropout masks in both formulations.
+    model, b = make(model_id_dropout=0.4, dataset_id_dropout=0.3, dropout=0.2), batch(2)
+    key = jax.random.key(7)
+    fac = model(b, train=True, key=key)
+    cat = model.forward_concatenated(b, train=True, key=key)
+    for k in ("score", "residual", "z_hat"):
+        np.testing.assert_allclose(fac[k], cat[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert not np.allclose(fac["score"], model(b)["score"])
+
+
+def test_first_layer_kernel_is_the_upstream_linear() -> None:
+    model = make()
+    assert model.in_dim == 8 + 16 + DESC + 8 + DESC + 4 + 4 + 4 + 4
+    assert model.first_layer_kernel().shape == (model.in_dim, 16)
+    assert list(model.feature_dims) == [
+        "name", "model_id", "model_desc", "dataset_id", "dataset_desc", "size", "family", "task",
+        "metric",
+    ]  # fmt: skip
+
+
+def test_id_dropout_rates_and_independence() -> None:
+    """Each of 20k records is classified, from its score alone, into one of the four
+    (model ID, dataset ID) ∈ {own, [UNK]}² cases; rates and independence are checked."""
+    p_m, p_d, n = 0.2, 0.3, 20_000
+    model = make(model_id_dropout=p_m, dataset_id_dropout=p_d, dropout=0.0)
+    rows, cols = 100, 200
+    b = batch(3, rows=rows, list_size=cols, num_models=n, num_groups=n, pad_fraction=0.0)
+    ids = np.random.default_rng(4)
+    b["model_id"] = jnp.asarray(ids.integers(1, SIZES.num_model_ids, n), jnp.int32)
+    b["dataset_id"] = jnp.asarray(ids.integers(1, SIZES.num_dataset_ids, n), jnp.int32)
+    # One record per model and per group, so the slots enumerate the records.
+    b["model_slot"] = jnp.arange(n, dtype=jnp.int32).reshape(rows, cols)
+    b["group_slot"] = jnp.arange(n, dtype=jnp.int32).reshape(rows, cols)
+
+    def eval_score(unk_model: bool, unk_data: bool) -> np.ndarray:
+        bb = dict(b)
+        if unk_model:
+            bb["model_id"] = jnp.zeros_like(b["model_id"])
+        if unk_data:
+            bb["dataset_id"] = jnp.zeros_like(b["dataset_id"])
+        return np.asarray(model(bb)["score"]).ravel()
+
+    cases = [(m, d) for m in (False, True) for d in (False, True)]
+    ref = np.stack([eval_score(m, d) for m, d in cases], -1)  # [n, 4]
+    got = np.asarray(model(b, train=True, key=jax.random.key(11))["score"]).ravel()
+    dist = np.abs(ref - got[:, None])
+    assert dist.min(-1).max() < 1e-5  # every record matches one case
+    which = dist.argmin(-1)
+    drop_m = np.isin(which, [2, 3])
+    drop_d = np.isin(which, [1, 3])
+
+    def within_3se(hits: np.ndarray, p: float) -> None:
+        se = np.sqrt(p * (1 - p) / hits.size)
+        assert abs(hits.mean() - p) < 3 * se, (hits.mean(), p, se)
+
+    within_3se(drop_m, p_m)
+    within_3se(drop_d, p_d)
+    within_3se(drop_m & drop_d, p_m * p_d)  # independent per record
+
+
+def test_id_dropout_is_per_record_not_per_group() -> None:
+    # synthetic_batch puts one group per row: its dataset ID must be [UNK] on some records only.
+    model = make(model_id_dropout=0.0, dataset_id_dropout=0.5, dropout=0.0)
+    b = batch(14, rows=8, list_size=64, pad_fraction=0.0)
+    b["dataset_id"] = jnp.maximum(b["dataset_id"], 1)
+    keep = np.asarray(model(b)["score"])
+    unk = np.asarray(model(dict(b, dataset_id=jnp.zeros_like(b["dataset_id"])))["score"])
+    got = np.asarray(model(b, train=True, key=jax.random.key(2))["score"])
+    dropped = np.abs(got - unk) < np.abs(got - keep)
+    assert np.minimum(np.abs(got - unk), np.abs(got - keep)).max() < 1e-5
+    assert (dropped.any(1) & (~dropped).any(1)).all()
+
+
+def test_determinism() -> None:
+    model, b = make(model_id_dropout=0.5, dataset_id_dropout=0.5, dropout=0.3), batch(5)
+    np.testing.assert_array_equal(model(b)["score"], model(b)["score"])
+    k = jax.random.key(0)
+    a1, a2 = model(b, train=True, key=k), model(b, train=True, key=k)
+    for name in a1:
+        np.testing.assert_array_equal(a1[name], a2[name])
+    other = model(b, train=True, key=jax.random.key(1))
+    assert not np.array_equal(a1["score"], other["score"])
+    with pytest.raises(ValueError, match="key"):
+        model(b, train=True)
+
+
+@pytest.mark.parametrize(
+    ("switch", "absent"),
+    [
+        ("use_model_id", ["model_id_embed/embedding", "first/kernels/model_id"]),
+        ("use_model_name", ["name_embed/embedding", "first/kernels/name"]),
+        ("use_model_desc", ["first/kernels/model_desc"]),
+        ("use_dataset_id", ["dataset_id_embed/embedding", "first/kernels/dataset_id"]),
+        ("use_dataset_desc", ["first/kernels/dataset_desc"]),
+        ("use_size_feature", ["size_embed/embedding", "first/kernels/size"]),
+        ("use_family_prior", ["family_embed/embedding", "first/kernels/family"]),
+    ],
+)
+def test_disabled_feature_has_no_params(switch: str, absent: list[str]) -> None:
+    on, off = param_paths(make()), param_paths(make(**{switch: False}))
+    for path in absent:
+        assert path in on and path not in off
+    out = make(**{switch: False})(batch(6), train=True, key=jax.random.key(0))
+    assert all(np.isfinite(v).all() for v in out.values())
+
+
+def test_prior_switches() -> None:
+    b = batch(7)
+    for kw in (
+        dict(use_size_prior=False, use_family_prior=False),
+        dict(use_size_feature=False, use_family_prior=False),  # feature off forces prior off
+    ):
+        model = make(**kw)
+        assert not any(p.startswith("prior") for p in param_paths(model))
+        out = model(b)
+        np.testing.assert_array_equal(out["prior"], 0.0)
+        assert np.isfinite(out["score"]).all()
+    # Size prior only: prior input is size_dim wide; family only: family_dim wide.
+    assert make(use_family_prior=False).prior_hidden.kernel.shape == (4, 8)
+    assert make(use_size_prior=False).prior_hidden.kernel.shape == (4, 8)
+    assert make().prior_hidden.kernel.shape == (8, 8)
+    assert np.abs(make()(b)["prior"]).max() > 0
+
+
+def test_prior_depends_only_on_size_and_family() -> None:
+    model, b = make(), batch(8)
+    b2 = dict(b, model_id=b["model_id"][::-1], task=b["task"][::-1])
+    np.testing.assert_array_equal(model(b)["prior"], model(b2)["prior"])
+
+
+@pytest.mark.parametrize("temperature", [2.5, 1e-5])
+def test_score_is_residual_plus_prior_over_temperature(temperature: float) -> None:
+    model = make(init_temperature=temperature)
+    out = model(batch(9))
+    expected = (out["residual"] + out["prior"]) / max(temperature, 1e-3)
+    np.testing.assert_allclose(out["score"], expected, rtol=1e-6, atol=0)
+
+
+def test_name_embedding_is_masked_mean() -> None:
+    model = make()
+    table = model.name_embed.embedding[...]
+    tokens = jnp.asarray([[3, 5, 7], [1, 2, 4], [-1, 60, 0]], jnp.int32)
+    mask = jnp.asarray([[True, False, True], [False, False, False], [False, False, False]])
+    out = model.name_embedding(tokens, mask)
+    np.testing.assert_allclose(out[0], (table[3] + table[7]) / 2, rtol=1e-6)
+    np.testing.assert_array_equal(out[1:], 0.0)  # empty names → zero (even invalid padding)
+
+
+@pytest.mark.parametrize("combo", ["all", "no_ids", "structural_only"])
+def test_param_counts_match_actual(combo: str) -> None:
+    cfg = tiny_config(**COMBOS[combo])
+    counts = param_counts(cfg, SIZES)
+    params = nnx.state(Scorer(cfg, SIZES, rngs=nnx.Rngs(0)), nnx.Param)
+    assert counts["total"] == sum(x.size for x in jax.tree.leaves(params))
+    by_block = dict.fromkeys(BLOCK_NAMES, 0)
+    prefix = {
+        "model_id": "model_id_embed", "name": "name_embed", "dataset_id": "dataset_id_embed",
+        "task": "task_embed", "metric": "metric_embed", "size": "size_embed",
+        "family": "family_embed", "temperature": "temperature",
+    }  # fmt: skip
+    for path, var in nnx.to_flat_state(params):
+        head = path[0]
+        block = next((b for b, p in prefix.items() if p == head), None)
+        block = block or {"first": "backbone", "second": "backbone", "rank_head": "heads",
+                          "point_head": "heads"}.get(head, "prior")  # fmt: skip
+        by_block[block] += var.size
+    assert {b: counts[b] for b in BLOCK_NAMES} == by_block
+
+
+def test_param_counts_at_paper_dims() -> None:
+    cfg = tiny_config(
+        model_id_dim=1536, name_dim=512, dataset_id_dim=256, task_dim=256, metric_dim=256,
+        size_dim=64, family_dim=64, hidden_dim=512,
+    )  # fmt: skip
+    c = param_counts(cfg, PAPER_SIZES)
+    assert c["backbone"] == 6016 * 512 + 512 + 512 * 512 + 512  # in_dim 6016 (method.md §4)
+    assert c["model_id"] == 47_001 * 1536 and c["name"] == 10_000 * 512
+    assert c["prior"] == 128 * 256 + 256 + 256 + 1
+    assert 83.0e6 < c["total"] < 83.8e6
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_jit_functional_matches_eager(compute_dtype: str) -> None:
+    model, b = make(compute_dtype=compute_dtype), batch(10)
+    graphdef, state = nnx.split(model)
+
+    @functools.partial(jax.jit, static_argnames="train")
+    def forward(state, batch, key, train):
+        return nnx.merge(graphdef, state)(batch, train=train, key=key)
+
+    key = jax.random.key(3)
+    for train in (False, True):
+        jitted, eager = forward(state, b, key, train), model(b, train=train, key=key)
+        for k in jitted:
+            assert jitted[k].dtype == jnp.float32
+            np.testing.assert_allclose(jitted[k], eager[k], rtol=1e-5, atol=1e-5)
+
+    @jax.jit
+    def grads(state, batch, key):
+        def loss(state):
+            out = nnx.merge(graphdef, state)(batch, train=True, key=key)
+            return jnp.sum(jnp.where(batch["mask"], out["score"] ** 2 + out["z_hat"] ** 2, 0.0))
+
+        return jax.grad(loss)(state)
+
+    g = grads(nnx.state(model, nnx.Param), b, key)
+    leaves = jax.tree.leaves(g)
+    assert all(x.dtype == jnp.float32 and np.isfinite(x).all() for x in leaves)
+    assert np.abs(g["temperature"][...]) > 0
+
+
+def test_bfloat16_close_to_float32() -> None:
+    b = batch(11)
+    f32 = make(compute_dtype="float32")(b)["score"]
+    bf16 = make(compute_dtype="bfloat16")(b)["score"]  # same seed → same float32 params
+    assert bf16.dtype == jnp.float32
+    np.testing.assert_allclose(bf16, f32, atol=0.05 * float(np.abs(f32).max()))
+    with pytest.raises(ValueError, match="compute_dtype"):
+        make(compute_dtype="float16")
+
+
+def test_serving_score_all_matches_records() -> None:
+    model, b = make(), batch(12)
+    models = {k: b[k] for k in ("model_id", "name_tokens", "name_mask", "model_desc",
+                                "size_bucket", "family")}  # fmt: skip
+    groups = {k: b[k] for k in ("dataset_id", "dataset_desc", "task", "metric")}
+    table = model.score_all(models, groups)  # [S, U]
+    assert table["score"].shape == (6, 16)
+    rec = model(b)
+    gathered = table["score"][b["group_slot"], b["model_slot"]]
+    np.testing.assert_allclose(gathered, rec["score"], rtol=1e-5, atol=1e-5)
+
+
+def test_partition_specs_shard_id_tables_and_forward_matches() -> None:
+    model, b = make(), batch(13)
+    graphdef, state = nnx.split(model)
+    specs = partition_specs(state)
+    assert specs["model_id_embed"]["embedding"].get_value() == P(None, "model")
+    assert specs["dataset_id_embed"]["embedding"].get_value() == P(None, "model")
+    assert specs["second"]["kernel"].get_value() == P()
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    sharded = jax.device_put(state, shardings)
+    emb = sharded["model_id_embed"]["embedding"][...]
+    assert emb.sharding.spec == P(None, "model")
+    fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)["score"])
+    np.testing.assert_allclose(fwd(sharded, b), model(b)["score"], rtol=1e-5, atol=1e-5)
