@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -144,8 +145,10 @@ HIGHER_IS_BETTER = (
     "nrqm",
     "mean",
     "total",
+    "maph",
 )
 _WORD = re.compile(r"[a-z0-9@]+(?:[-_][a-z0-9@]+)*")
+_SEP = re.compile(r"[-_\s]+")
 
 
 def _metric_words(metric: str) -> set[str]:
@@ -161,16 +164,30 @@ def _metric_words(metric: str) -> set[str]:
     return words
 
 
-def infer_direction(metric: str, overrides: dict[str, int] | None = None) -> int | None:
-    """+1 if higher is better, -1 if lower is better, None if the tables cannot tell."""
+def _matches(key: str, words: set[str], phrase: str) -> bool:
+    """``key`` is one of the metric's words, or (for a multi-word key such as "win rate" or
+    "fl-all") appears as whole words in the metric with '-', '_' and spaces treated alike."""
+    if key in words:
+        return True
+    k = _SEP.sub(" ", key)
+    return " " in k and f" {k} " in phrase
+
+
+def infer_direction(metric: str, overrides: Mapping[str, int] | None = None) -> int | None:
+    """+1 if higher is better, -1 if lower is better, None if the tables cannot tell.
+
+    ``overrides`` (metric name -> +1/-1, exact name) wins over the tables. Lower-is-better
+    words are checked first, so "top-1 error" and "mean rank" are -1 and "per-class accuracy"
+    is +1; matching is case-insensitive and on whole words ("fid50k" -> "fid", "val_loss" ->
+    "loss"), so "map" does not match "bitmap".
+    """
     if overrides and metric in overrides:
         return int(overrides[metric])
     words = _metric_words(metric)
-    lower = any(k in words or (" " in k and k in metric.lower()) for k in LOWER_IS_BETTER)
-    higher = any(k in words or (" " in k and k in metric.lower()) for k in HIGHER_IS_BETTER)
-    if lower:
+    phrase = f" {_SEP.sub(' ', metric.strip().lower())} "
+    if any(_matches(k, words, phrase) for k in LOWER_IS_BETTER):
         return -1
-    if higher:
+    if any(_matches(k, words, phrase) for k in HIGHER_IS_BETTER):
         return 1
     return None
 
