@@ -1,28 +1,63 @@
 """``python -m modellens_jax.prepare --config=configs/default.py --out=DIR``: records in,
-validated compiled corpus out (atomically), with a progress line and a summary."""
+validated compiled corpus out (atomically), with a progress line and a summary.
+
+Overrides: ``--config.data.source=DIR`` (a corpus directory in either format),
+``--config.data.direction_overrides='{"perplexity": -1}'`` (metric -> +1 higher / -1 lower is
+better), or ``--direction_overrides='{"AP@0.5": 1}'`` (a JSON object, merged over the config's;
+needed for metric names with dots, which a config key cannot hold).
+
+Exit status 0 on success, 2 on bad input or config (one line ``error: <file> row N (line L),
+field 'f': ...``); nothing is written at ``--out`` unless the whole corpus compiled.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-
-from absl import flags
 
 from modellens_jax import cli
 from modellens_jax.data import corpus
 
-_CONFIG = cli.define_config_flag()
-_OUT = flags.DEFINE_string("out", None, "Output directory of the compiled corpus.", required=True)
+# Flags are defined only when this module runs as the command (see the bottom), so that importing
+# ``prepare`` from another command (train.py prepares a corpus on demand) defines no duplicate
+# ``--config`` flag.
+_OVERRIDES_HELP = (
+    "JSON object {metric: 1 | -1} merged over config data.direction_overrides, e.g. "
+    '\'{"AP@0.5": 1, "perplexity": -1}\' (1 = higher is better, -1 = lower is better).'
+)
 
 
-def prepare(data_cfg, out: str | Path, *, verbose: bool = True) -> corpus.Corpus:
+def parse_overrides(text: str) -> dict[str, int]:
+    """The ``--direction_overrides`` JSON object (UsageError when it is not one)."""
+    if not text.strip():
+        return {}
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise cli.UsageError(f"--direction_overrides={text!r}: invalid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise cli.UsageError(f"--direction_overrides={text!r}: expected a JSON object")
+    return obj
+
+
+def prepare(
+    data_cfg,
+    out: str | Path,
+    *,
+    verbose: bool = True,
+    direction_overrides: Mapping[str, int] | None = None,
+) -> corpus.Corpus:
     """Compiles ``data_cfg.source`` into ``out``; returns the loaded corpus."""
     t0 = time.time()
+    shown = False
 
     def progress(msg: str) -> None:
+        nonlocal shown
         if verbose:
+            shown = True
             print(
                 f"\r[prepare {time.time() - t0:5.1f}s] {msg:<40}",
                 end="",
@@ -30,16 +65,24 @@ def prepare(data_cfg, out: str | Path, *, verbose: bool = True) -> corpus.Corpus
                 flush=True,
             )
 
+    config = json.loads(data_cfg.to_json_best_effort())
+    if direction_overrides:
+        config["direction_overrides"] = {
+            **(config.get("direction_overrides") or {}),
+            **dict(direction_overrides),
+        }
     try:
-        compiled = corpus.build(data_cfg, progress)
-    except ValueError as e:  # split fractions and the like are config errors
-        if isinstance(e, corpus.CorpusError):
-            raise
-        raise cli.UsageError(str(e)) from e
-    progress("writing")
-    corpus.write_corpus(compiled, Path(out), config=json.loads(data_cfg.to_json_best_effort()))
-    if verbose:
-        print(file=sys.stderr)
+        try:
+            compiled = corpus.build(data_cfg, progress, direction_overrides=direction_overrides)
+        except ValueError as e:  # split fractions and the like are config errors
+            if isinstance(e, corpus.CorpusError):
+                raise
+            raise cli.UsageError(str(e)) from e
+        progress("writing")
+        corpus.write_corpus(compiled, Path(out), config=config)
+    finally:
+        if shown:
+            print(file=sys.stderr)  # end the progress line (also before an error message)
     return corpus.load_corpus(out)
 
 
@@ -68,9 +111,17 @@ def format_summary(c: corpus.Corpus) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    c = prepare(_CONFIG.value.data, _OUT.value)
+    from absl import flags
+
+    f = flags.FLAGS
+    c = prepare(f.config.data, f.out, direction_overrides=parse_overrides(f.direction_overrides))
     print(format_summary(c))
 
 
 if __name__ == "__main__":
+    from absl import flags
+
+    cli.define_config_flag()
+    flags.DEFINE_string("out", None, "Output directory of the compiled corpus.", required=True)
+    flags.DEFINE_string("direction_overrides", "", _OVERRIDES_HELP)
     cli.run(main)

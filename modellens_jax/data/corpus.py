@@ -28,7 +28,13 @@ import numpy as np
 import pandas as pd
 
 from modellens_jax.data import schema, splits
-from modellens_jax.data.ingest import CorpusError, RawCorpus, read_corpus
+from modellens_jax.data.ingest import (
+    LINE,
+    CorpusError,
+    RawCorpus,
+    check_direction_overrides,
+    read_corpus,
+)
 
 FORMAT_VERSION = 1
 _EPOCH = np.datetime64("1970-01-01", "D")
@@ -57,24 +63,66 @@ class Compiled:
     report: dict[str, Any]
 
 
-def _first_nonempty(s: pd.Series):
-    for v in s:
-        if isinstance(v, str):
-            if v:
-                return v
-        elif pd.notna(v):
-            return v
-    return s.iloc[0] if len(s) else None
-
-
 def _vocab(values) -> list[str]:
     return [schema.UNK, *sorted({v for v in values if v != schema.UNK})]
+
+
+def _first_nonempty_by(df: pd.DataFrame, by, columns: list[str]) -> pd.DataFrame:
+    """Per group of ``by``: the first non-empty ("" and NaN/NaT are empty) value of each column,
+    in row order; "" where a group has none (vectorised: GroupBy.first skips missing values)."""
+    keys = [by] if isinstance(by, str) else list(by)
+    masked = df[keys + columns].copy()
+    for c in columns:
+        if masked[c].dtype == object or pd.api.types.is_string_dtype(masked[c]):
+            masked[c] = masked[c].mask(masked[c] == "")
+    return masked.groupby(keys, sort=False)[columns].first()
+
+
+def validate_data_config(data_cfg: Mapping[str, Any]) -> None:
+    """Config errors (ValueError naming the key) before any file is read."""
+
+    def bad(key: str, value: Any, why: str) -> ValueError:
+        return ValueError(f"config data.{key}={value!r}: {why}")
+
+    fmt = data_cfg.get("format", "auto")
+    if fmt not in ("auto", "leaderboard", "modellens"):
+        raise bad("format", fmt, "expected auto, leaderboard or modellens")
+    bad_rows = data_cfg.get("bad_rows", "error")
+    if bad_rows not in ("error", "skip"):
+        raise bad("bad_rows", bad_rows, "expected error or skip")
+    for key, lo in (("min_group_models", 2), ("name_buckets", 1), ("max_name_tokens", 1)):
+        v = data_cfg[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise bad(key, v, f"must be an integer >= {lo}")
+    edges = np.asarray(tuple(data_cfg["size_edges"]), np.float64)
+    if edges.ndim != 1 or not len(edges) or not np.all(np.isfinite(edges)) or edges[0] <= 0:
+        raise bad("size_edges", edges.tolist(), "must be positive, finite numbers of billions")
+    if np.any(np.diff(edges) <= 0):
+        raise bad("size_edges", edges.tolist(), "must be strictly increasing")
+    split = dict(data_cfg["split"])
+    seed = split.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise bad("split.seed", seed, "must be an integer")
+    fr = {}
+    for k in splits.FRACTIONS:
+        if k not in split:
+            raise ValueError(f"config data.split.{k}: missing")
+        v = split[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise bad(f"split.{k}", v, "must be a number inside (0, 1)")
+        fr[k] = float(v)
+    splits.check_fractions(fr)
+    try:
+        check_direction_overrides(data_cfg.get("direction_overrides"))
+    except CorpusError as e:
+        raise ValueError(str(e)) from e
 
 
 def compile_corpus(
     raw: RawCorpus, data_cfg: Mapping[str, Any], progress: Callable[[str], None] = lambda s: None
 ) -> Compiled:
     """Cleans ``raw`` (dedupe, orient, z-score, drop tiny groups) and builds arrays and splits."""
+    validate_data_config(data_cfg)
     report: dict[str, Any] = {"records_read": len(raw.records), "warnings": list(raw.warnings)}
     rec = raw.records
     key = ["task", "dataset", "model", "metric"]
@@ -83,22 +131,35 @@ def compile_corpus(
     dirs = rec.groupby(["dataset", "task", "metric"], sort=False)["direction"].nunique()
     if (dirs > 1).any():
         ds, task, metric = dirs[dirs > 1].index[0]
-        rows = rec.index[(rec.dataset == ds) & (rec.task == task) & (rec.metric == metric)]
+        grp = rec[(rec.dataset == ds) & (rec.task == task) & (rec.metric == metric)]
+        first = grp.index[0]
+        other = grp.index[(grp["direction"] != grp.at[first, "direction"]).to_numpy()][0]
+
+        def at(label) -> str:
+            line = f" (line {int(rec.at[label, LINE])})" if LINE in rec.columns else ""
+            return f"row {int(label) + 1}{line}"
+
+        hib = {1: "1 (higher is better)", -1: "0 (lower is better)"}
         raise CorpusError(
-            f"{raw.origin['records']} rows {[int(r) + 1 for r in rows[:4]]}, field "
-            f"'higher_is_better': conflicting directions for group ({ds!r}, {task!r}, {metric!r})"
+            f"{raw.origin['records']} {at(other)}, field 'higher_is_better': "
+            f"{hib[int(grp.at[other, 'direction'])]} conflicts with {at(first)}, which says "
+            f"{hib[int(grp.at[first, 'direction'])]}, for the same evaluation group "
+            f"(dataset {ds!r}, task {task!r}, metric {metric!r})",
+            path=raw.origin["records"],
+            row=int(other) + 1,
+            field="higher_is_better",
         )
 
     # --- exact duplicates: mean of values ---------------------------------------------------
     progress("merging duplicates")
-    agg = rec.groupby(key, sort=False, as_index=False).agg(
+    agg = rec.groupby(key, sort=False).agg(
         value=("value", "mean"),
         n=("value", "size"),
         direction=("direction", "first"),
-        dataset_desp=("dataset_desp", _first_nonempty),
         source=("source", "first"),
-        date=("date", _first_nonempty),
     )
+    agg = agg.join(_first_nonempty_by(rec, key, ["dataset_desp", "date"]).fillna(""))
+    agg = agg.reset_index()
     report["duplicates_merged"] = int((agg["n"] - 1).sum())
     agg["oriented"] = agg["value"] * agg["direction"]
     report["lower_is_better_flipped"] = int((agg["direction"] < 0).sum())
@@ -112,24 +173,23 @@ def compile_corpus(
     agg = agg[~small].reset_index(drop=True)
     if len(agg) == 0:
         raise CorpusError(
-            f"{raw.origin['records']}: no evaluation group has >= "
-            f"{data_cfg['min_group_models']} models (data.min_group_models)"
+            f"{raw.origin['records']}: no evaluation group (dataset, task, metric) has >= "
+            f"{data_cfg['min_group_models']} models (data.min_group_models); the "
+            f"{int(report['groups_too_small'])} groups have at most {int(size.max())}",
+            path=raw.origin["records"],
         )
 
     # --- entities: models ----------------------------------------------------------------------
     progress("building vocabularies")
-    mtab = raw.models.copy()
-    if len(mtab):
-        mtab = mtab.groupby("model", sort=False, as_index=False).agg(
-            {c: _first_nonempty for c in mtab.columns if c != "model"}
-        )
-    mtab = mtab.set_index("model")
+    mcols = [c for c in schema.MODEL_COLUMNS if c != "model"]
+    mtab = _first_nonempty_by(raw.models, "model", mcols)
     model_names = sorted(set(agg["model"]))
     absent = [m for m in model_names if m not in mtab.index]
     if absent:
         report["warnings"].append(
-            f"{len(absent)} models in records are absent from models.csv (metadata unknown), "
-            f"e.g. {absent[:3]}"
+            f"{len(absent)} models in the records are absent from the model metadata "
+            f"({raw.origin.get('models') or 'none given'}): accepted with family derived from "
+            f"the name and unknown size and release date, e.g. {absent[:3]}"
         )
     report["models_without_metadata"] = len(absent)
     mtab = mtab.reindex(model_names)
@@ -139,7 +199,9 @@ def compile_corpus(
     report["families_derived_from_name"] = int((fam_raw == "").sum())
     rel = pd.to_datetime(mtab["release_date"], errors="coerce")
     # Where models.csv has no release date, fall back to the earliest record date of the model.
-    rec_dates = pd.to_datetime(agg["date"].replace("", None), errors="coerce", format="ISO8601")
+    rec_dates = pd.to_datetime(
+        agg["date"].mask(agg["date"] == ""), errors="coerce", format="ISO8601", utc=True
+    ).dt.tz_localize(None)
     first_seen = rec_dates.groupby(agg["model"]).min().reindex(model_names)
     rel = rel.fillna(first_seen)
     days = np.where(
@@ -148,14 +210,10 @@ def compile_corpus(
     desc = mtab["model_desp"].fillna("").astype(str).to_numpy()
 
     # --- entities: datasets ----------------------------------------------------------------
-    dtab = raw.datasets
-    if len(dtab):
-        dtab = dtab.groupby("dataset", sort=False, as_index=False).agg(
-            {c: _first_nonempty for c in dtab.columns if c != "dataset"}
-        )
-    dtab = dtab.set_index("dataset")
+    dcols = [c for c in schema.DATASET_COLUMNS if c != "dataset"]
+    dtab = _first_nonempty_by(raw.datasets, "dataset", dcols)
     dataset_names = sorted(set(agg["dataset"]))
-    rec_desc = agg.groupby("dataset")["dataset_desp"].agg(_first_nonempty)
+    rec_desc = _first_nonempty_by(agg, "dataset", ["dataset_desp"])["dataset_desp"].fillna("")
     rec_task = agg.groupby("dataset")["task"].agg("first")
     dtab = dtab.reindex(dataset_names)
     d_desc = [
@@ -193,7 +251,7 @@ def compile_corpus(
     stratum = np.array([hash_str(f"{t}\x00{m}") for t, m in zip(d_task, d_mod)], np.uint64).astype(
         np.int64
     )
-    fr = {k: float(v) for k, v in dict(data_cfg["split"]).items() if k != "seed"}
+    fr = {k: float(data_cfg["split"][k]) for k in splits.FRACTIONS}
     split, setting = splits.assign(
         rec_model=rec_model,
         rec_dataset=rec_dataset,
@@ -211,7 +269,13 @@ def compile_corpus(
     _, inv, cnt = np.unique(zkey, return_inverse=True, return_counts=True)
     mean = np.bincount(inv, value) / cnt
     var = np.bincount(inv, (value - mean[inv]) ** 2) / cnt
-    std = np.sqrt(var)
+    # A partition whose values are all equal has z = 0 (its float mean can differ from the
+    # value by an ulp, which would otherwise divide rounding noise by a ~1e-17 std).
+    lo = np.full(len(cnt), np.inf)
+    hi = np.full(len(cnt), -np.inf)
+    np.minimum.at(lo, inv, value)
+    np.maximum.at(hi, inv, value)
+    std = np.where(hi > lo, np.sqrt(var), 0.0)
     z = np.where(std[inv] > 0, (value - mean[inv]) / np.where(std[inv] > 0, std[inv], 1), 0.0)
 
     offsets = np.r_[0, np.cumsum(np.bincount(rec_group, minlength=len(groups)))].astype(np.int64)
@@ -309,29 +373,58 @@ def fingerprint(arrays: Mapping[str, np.ndarray], vocab: Mapping, texts: Mapping
     return h.hexdigest()
 
 
+def _is_replaceable(out: Path) -> bool:
+    """An existing ``out`` may be replaced only if it is a compiled corpus or an empty dir."""
+    if not out.is_dir() or out.is_symlink():
+        return False
+    return (out / "manifest.json").is_file() or not any(out.iterdir())
+
+
 def write_corpus(compiled: Compiled, out: Path, *, config: Mapping[str, Any]) -> str:
-    """Writes the corpus into ``out`` atomically (temp dir + rename); returns the fingerprint."""
+    """Writes the corpus into ``out`` atomically; returns the fingerprint.
+
+    Everything goes to a temp dir next to ``out`` that is renamed into place; a previous corpus
+    at ``out`` is moved aside first and deleted after, or moved back if the rename fails. On any
+    error the temp dir is removed, so ``out`` is either the previous corpus, absent (only if the
+    process dies between the two renames) or complete. An existing ``out`` that is neither a
+    compiled corpus nor an empty directory is never replaced.
+    """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() or out.is_symlink():
+        if not _is_replaceable(out):
+            raise CorpusError(
+                f"{out}: exists and is not a compiled corpus (no manifest.json); refusing to "
+                "replace it: choose another --out or remove it",
+                path=out,
+            )
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(compiled.arrays, compiled.vocab, compiled.texts)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
         (tmp / "arrays").mkdir()
         for k, v in compiled.arrays.items():
             np.save(tmp / "arrays" / f"{k}.npy", v, allow_pickle=False)
-        (tmp / "vocab.json").write_text(json.dumps(compiled.vocab, ensure_ascii=False))
-        (tmp / "texts.json").write_text(json.dumps(compiled.texts, ensure_ascii=False))
+        (tmp / "vocab.json").write_text(json.dumps(compiled.vocab, ensure_ascii=False), "utf-8")
+        (tmp / "texts.json").write_text(json.dumps(compiled.texts, ensure_ascii=False), "utf-8")
         manifest = {
             "format_version": FORMAT_VERSION,
             "fingerprint": fp,
             "report": compiled.report,
             "data_config": config,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+        (tmp / "manifest.json").write_text(
+            json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8"
+        )
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            old = parent / f".{out.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}"
             os.replace(out, old)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
@@ -390,15 +483,22 @@ def load_corpus(directory: str | os.PathLike) -> Corpus:
 
 
 def build(
-    data_cfg: Mapping[str, Any], progress: Callable[[str], None] = lambda s: None
+    data_cfg: Mapping[str, Any],
+    progress: Callable[[str], None] = lambda s: None,
+    *,
+    direction_overrides: Mapping[str, int] | None = None,
 ) -> Compiled:
-    """Reads ``data_cfg.source`` and compiles it (no writing)."""
+    """Reads ``data_cfg.source`` and compiles it (no writing). ``direction_overrides`` are
+    merged over ``data_cfg.direction_overrides`` (for metric names a ConfigDict key cannot
+    hold, such as names with dots). The config is checked before any file is read."""
+    validate_data_config(data_cfg)
+    overrides = {**dict(data_cfg["direction_overrides"]), **dict(direction_overrides or {})}
     report: dict[str, Any] = {}
     progress(f"reading {data_cfg['source']}")
     raw = read_corpus(
         str(data_cfg["source"]),
         fmt=str(data_cfg["format"]),
-        direction_overrides=dict(data_cfg["direction_overrides"]),
+        direction_overrides=overrides,
         bad_rows=str(data_cfg.get("bad_rows", "error")),
         report=report,
     )

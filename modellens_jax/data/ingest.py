@@ -2,16 +2,27 @@
 
 Two formats:
   leaderboard  records.csv[.gz] + models.csv[.gz] + datasets.csv[.gz]  (our corpus format)
-  modellens    data.csv | data_clean.csv + task2id/metric2id/family2id/model2id/model2family/
-               model_profile .json  (the public ModelLens corpus; no direction column, so the
-               direction comes from ``schema.infer_direction`` plus user overrides)
+  modellens    data.csv | data_clean.csv (optionally .gz) + task2id/metric2id/family2id/model2id/
+               model2family/model_profile .json  (the public ModelLens corpus; no direction
+               column, so the direction comes from ``schema.infer_direction`` plus user overrides)
 
-Every problem raises ``CorpusError`` naming the file, the 1-based data row (header excluded)
-and the field. Nothing is written here: compiling and writing happen in ``corpus.py``.
+Every problem raises ``CorpusError`` naming the file, the 1-based data row (header and blank
+lines excluded; the file line follows in brackets) and the field, e.g.
+``records.csv row 3 (line 4), field 'value': 'abc' is not a number``. For the JSON side files
+the row is the 1-based entry number and the key is named. Nothing is written here: compiling
+and writing happen in ``corpus.py``.
+
+Decisions (documented in the corpus README):
+  - a model in the records but absent from the model metadata is accepted: a warning is
+    reported, its family is derived from the name and its size and release date are unknown;
+  - an empty ``higher_is_better`` falls back to ``data.direction_overrides`` and then to the
+    metric-direction table; a metric neither can resolve is an error;
+  - ``data.direction_overrides`` (metric -> +1/-1) also override a ``higher_is_better`` column.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
 import io
@@ -22,6 +33,7 @@ import os
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -30,14 +42,57 @@ from modellens_jax.data import schema
 
 log = logging.getLogger(__name__)
 
+LINE = "_line"  # column added to every table read from CSV: the file line a row starts on
+
 
 class CorpusError(ValueError):
-    """Bad input data or a config that contradicts it; the message names file, row and field."""
+    """Bad input data or a config that contradicts it; the message names file, row and field.
+
+    Attributes, None where they do not apply: ``path`` (the file, or "config"), ``row`` (1-based
+    data row, header excluded; for a JSON side file the 1-based entry) and ``field``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike | None = None,
+        row: int | None = None,
+        field: str | None = None,
+    ):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.row = row
+        self.field = field
+
+
+def _fail(
+    path: str | os.PathLike,
+    msg: str,
+    *,
+    row: int | None = None,
+    line: int | None = None,
+    field: str | None = None,
+    entry: str | None = None,
+) -> NoReturn:
+    where = str(path)
+    if row is not None:
+        where += f" row {row}" if entry is None else f" entry {row} ({entry!r})"
+        if line is not None:
+            where += f" (line {line})"
+    elif line is not None:
+        where += f" line {line}"
+    if field is not None:
+        where += f", field '{field}'"
+    raise CorpusError(f"{where}: {msg}", path=path, row=row, field=field)
 
 
 @dataclasses.dataclass
 class RawCorpus:
-    """Validated tables, still as strings and floats, before vocabularies and splits."""
+    """Validated tables, still as strings and floats, before vocabularies and splits.
+
+    Table index = 0-based data row of the file it came from; ``_line`` = its file line.
+    """
 
     records: (
         pd.DataFrame
@@ -54,107 +109,229 @@ def _find(directory: Path, stem: str, required: bool = True) -> Path | None:
         if (directory / name).exists():
             return directory / name
     if required:
-        raise CorpusError(f"{directory}: no {stem}.csv or {stem}.csv.gz")
+        raise CorpusError(f"{directory}: no {stem}.csv or {stem}.csv.gz", path=directory)
     return None
 
 
-def _read_csv(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pd.DataFrame:
-    """All fields as strings (empty = missing); checks the header and that the file has rows."""
+def _read_text(path: Path) -> str:
+    """The file as text: gunzipped when it ends in .gz, UTF-8 (a BOM is dropped)."""
     try:
         raw = path.read_bytes()
-        if path.suffix == ".gz":
+    except OSError as e:
+        _fail(path, f"cannot read ({e.strerror or e})")
+    if path.suffix == ".gz":
+        try:
             raw = gzip.decompress(raw)
-        text = raw.decode("utf-8")
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise CorpusError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"{path}: not UTF-8 text ({e})") from e
-    if not text.strip():
-        raise CorpusError(f"{path}: empty file (expected a header with {', '.join(columns)})")
+        except (OSError, EOFError, zlib.error) as e:
+            _fail(path, f"unreadable gzip ({type(e).__name__}: {e})")
     try:
-        df = pd.read_csv(
-            io.StringIO(text),
-            dtype=str,
-            keep_default_na=False,
-            na_filter=False,
-            on_bad_lines="error",
-            engine="c",
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        _fail(path, f"not UTF-8 text (byte {e.start})", line=raw[: e.start].count(b"\n") + 1)
+
+
+def _read_csv(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pd.DataFrame:
+    """All fields as stripped strings (empty = missing), plus ``_line``.
+
+    Checks: non-empty file, header with every column in ``columns`` (no duplicates), at least one
+    data row, every row with as many fields as the header, well-formed quoting. Blank lines are
+    skipped and not counted as rows.
+    """
+    text = _read_text(path)
+    if not text.strip():
+        _fail(path, f"empty file (expected a header line: {','.join(columns)})", line=1)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    prev = 0
+    try:
+        header = []
+        for rec in reader:  # first non-blank line
+            prev = reader.line_num
+            if rec and any(f.strip() for f in rec):
+                header = [h.strip() for h in rec]
+                break
+        dup = sorted({h for h in header if header.count(h) > 1})
+        if dup:
+            _fail(path, f"duplicate column(s) {dup} in the header", line=prev, field=dup[0])
+        missing = [c for c in columns if c not in header]
+        if missing:
+            _fail(
+                path,
+                f"missing column(s) {missing}; the header is {header}",
+                line=prev,
+                field=missing[0],
+            )
+        for rec in reader:
+            start, prev = prev + 1, reader.line_num
+            if not rec or (len(rec) == 1 and not rec[0].strip()):
+                continue
+            if len(rec) != len(header):
+                _fail(
+                    path,
+                    f"malformed CSV: expected {len(header)} fields as in the header, got "
+                    f"{len(rec)} (an unquoted comma or a missing field?)",
+                    row=len(rows) + 1,
+                    line=start,
+                )
+            rows.append(rec)
+            lines.append(start)
+    except csv.Error as e:
+        _fail(
+            path,
+            f"malformed CSV ({e}; an unbalanced quote?)",
+            row=len(rows) + 1,
+            line=prev + 1,
         )
-    except pd.errors.ParserError as e:
-        raise CorpusError(f"{path}: malformed CSV: {e}") from e
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise CorpusError(f"{path}: missing column(s) {missing}; header is {list(df.columns)}")
-    if len(df) == 0:
-        raise CorpusError(f"{path}: no data rows")
+    if not rows:
+        _fail(path, "no data rows after the header", row=1, line=prev + 1)
+    df = pd.DataFrame(rows, columns=header, dtype=str)
     keep = [c for c in (*columns, *optional) if c in df.columns]
     df = df[keep].copy()
     for c in keep:
         df[c] = df[c].str.strip()
+    df[LINE] = np.asarray(lines, np.int64)
     df.attrs["path"] = str(path)
     return df
 
 
-def _where(df: pd.DataFrame, idx: int, field: str) -> str:
-    return f"{df.attrs.get('path', '?')} row {int(idx) + 1}, field '{field}'"
+def _fail_at(df: pd.DataFrame, label, field: str, msg: str) -> NoReturn:
+    """Raises for the row with index ``label`` (0-based data row) of a table read by _read_csv."""
+    line = int(df.at[label, LINE]) if LINE in df.columns else None
+    _fail(df.attrs.get("path", "?"), msg, row=int(label) + 1, line=line, field=field)
 
 
 def _require_nonempty(df: pd.DataFrame, fields: tuple[str, ...]) -> None:
     for f in fields:
-        bad = np.flatnonzero(df[f].to_numpy() == "")
+        bad = df.index[(df[f] == "").to_numpy()]
         if len(bad):
-            raise CorpusError(f"{_where(df, bad[0], f)}: empty value ({len(bad)} such rows)")
+            _fail_at(df, bad[0], f, f"empty value ({len(bad)} such rows)")
 
 
 def _parse_float(
     df: pd.DataFrame, field: str, *, allow_empty: bool, bad_rows: str, report: dict
 ) -> np.ndarray:
-    """Strict float parsing; NaN/inf/garbage raise (or are dropped with bad_rows='skip')."""
+    """Strict float parsing; NaN/inf/garbage raise (or are counted with bad_rows='skip' and
+    left as NaN for the caller to drop)."""
     s = df[field]
-    vals = pd.to_numeric(s.where(s != "", None), errors="coerce").to_numpy(np.float64)
     empty = (s == "").to_numpy()
+    vals = pd.to_numeric(s.mask(empty), errors="coerce").to_numpy(np.float64)
     bad = ~np.isfinite(vals) & ~(empty & allow_empty)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        what = "empty" if s.iloc[i] == "" else f"{s.iloc[i]!r} is not a finite number"
+        text = s.iloc[i]
+        try:
+            float(text)
+            what = f"{text!r} is not a finite number"
+        except ValueError:
+            what = "empty value" if text == "" else f"{text!r} is not a number"
         if bad_rows != "skip":
-            raise CorpusError(f"{_where(df, i, field)}: {what} ({int(bad.sum())} such rows)")
-        report.setdefault("rejected", {})[f"non-finite {field}"] = int(bad.sum())
+            _fail_at(df, df.index[i], field, f"{what} ({int(bad.sum())} such rows)")
+        rej = report.setdefault("rejected", {})
+        key = f"bad {field}"
+        rej[key] = rej.get(key, 0) + int(bad.sum())
     return vals
+
+
+def _to_datetime(values) -> pd.Series:
+    """ISO dates to naive UTC timestamps; unparseable -> NaT."""
+    d = pd.to_datetime(pd.Series(values), errors="coerce", format="ISO8601", utc=True)
+    return d.dt.tz_localize(None)
 
 
 def _parse_dates(df: pd.DataFrame, field: str) -> pd.Series:
     s = df[field]
-    d = pd.to_datetime(s.where(s != "", None), errors="coerce", format="ISO8601")
+    d = _to_datetime(s.mask(s == "")).set_axis(df.index)
     bad = d.isna().to_numpy() & (s != "").to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise CorpusError(f"{_where(df, i, field)}: {s.iloc[i]!r} is not an ISO date")
+        _fail_at(df, df.index[i], field, f"{s.iloc[i]!r} is not an ISO date (YYYY-MM-DD)")
     return d
 
 
+def check_direction_overrides(overrides: Mapping[str, Any] | None) -> dict[str, int]:
+    """``data.direction_overrides`` as {metric: +1 | -1}; anything else is a config error."""
+    out: dict[str, int] = {}
+    for k, v in dict(overrides or {}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            v_int = None
+        else:
+            try:
+                v_int = int(float(v))
+            except ValueError:
+                v_int = None
+            if v_int is not None and float(v) != v_int:
+                v_int = None
+        if v_int not in (1, -1):
+            raise CorpusError(
+                f"config data.direction_overrides[{k!r}] = {v!r}: must be +1 (higher is better) "
+                "or -1 (lower is better)",
+                path="config",
+                field=f"direction_overrides.{k}",
+            )
+        out[str(k)] = v_int
+    return out
+
+
+def _override_hint(metric: str) -> str:
+    return (
+        f"set --config.data.direction_overrides='{{\"{metric}\": -1}}' (or 1 for higher is "
+        f"better), or with the prepare command --direction_overrides='{{\"{metric}\": -1}}' "
+        "(also for metric names with dots)"
+    )
+
+
 # --- leaderboard format -------------------------------------------------------------------------
-def read_leaderboard(directory: Path, *, bad_rows: str = "error", report: dict) -> RawCorpus:
+def read_leaderboard(
+    directory: Path,
+    *,
+    bad_rows: str = "error",
+    report: dict,
+    direction_overrides: Mapping[str, int] | None = None,
+) -> RawCorpus:
     """Our corpus format (see ``modellens_jax/resources/leaderboard-v1/README.md``)."""
+    overrides = check_direction_overrides(direction_overrides)
     rec_path = _find(directory, "records")
     records = _read_csv(rec_path, schema.LEADERBOARD_RECORD_COLUMNS)
     _require_nonempty(records, schema.RECORD_COLUMNS)
     hib = records["higher_is_better"]
-    bad = ~hib.isin(["0", "1"]).to_numpy()
+    bad = ~hib.isin(["0", "1", ""]).to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise CorpusError(
-            f"{_where(records, i, 'higher_is_better')}: {hib.iloc[i]!r} is not 0 or 1 "
-            "(unknown metric direction)"
+        _fail_at(
+            records,
+            records.index[i],
+            "higher_is_better",
+            f"{hib.iloc[i]!r} is not 0 or 1 (empty = infer from the metric name)",
         )
+    direction = np.where(hib.to_numpy() == "1", 1, -1).astype(np.int8)
+    metrics = records["metric"].to_numpy()
+    # Empty higher_is_better: override, then the metric table.
+    inferred: dict[str, int | None] = {}
+    for i in np.flatnonzero((hib == "").to_numpy()):
+        m = metrics[i]
+        if m not in inferred:
+            inferred[m] = schema.infer_direction(m, overrides)
+        if inferred[m] is None:
+            _fail_at(
+                records,
+                records.index[i],
+                "higher_is_better",
+                f"empty, and the direction of metric {m!r} cannot be inferred; "
+                + _override_hint(m),
+            )
+        direction[i] = inferred[m]
+    if overrides:  # overrides also win over the column
+        hit = records["metric"].isin(list(overrides)).to_numpy()
+        direction[hit] = records["metric"][hit].map(overrides).to_numpy(np.int8)
+    records["direction"] = direction
     records["value"] = _parse_float(
         records, "value", allow_empty=False, bad_rows=bad_rows, report=report
     )
-    records["direction"] = np.where(hib.to_numpy() == "1", 1, -1).astype(np.int8)
     _parse_dates(records, "date")
     records = records[np.isfinite(records["value"].to_numpy())]
 
-    warnings: list[str] = []
+    warnings: list[str] = _unused_overrides(overrides, records)
     mod_path = _find(directory, "models", required=False)
     if mod_path is not None:
         models = _read_csv(mod_path, schema.MODEL_COLUMNS)
@@ -162,9 +339,14 @@ def read_leaderboard(directory: Path, *, bad_rows: str = "error", report: dict) 
         models["params"] = _parse_float(
             models, "params", allow_empty=True, bad_rows="error", report=report
         )
-        neg = np.flatnonzero(models["params"].to_numpy() < 0)
+        neg = models.index[(models["params"] < 0).to_numpy()]
         if len(neg):
-            raise CorpusError(f"{_where(models, neg[0], 'params')}: negative parameter count")
+            _fail_at(
+                models,
+                neg[0],
+                "params",
+                f"negative parameter count {models.at[neg[0], 'params']:g} (billions)",
+            )
         models["release_date"] = _parse_dates(models, "release_date")
     else:
         warnings.append(f"{directory}: no models.csv; all model metadata unknown")
@@ -176,27 +358,93 @@ def read_leaderboard(directory: Path, *, bad_rows: str = "error", report: dict) 
     else:
         warnings.append(f"{directory}: no datasets.csv; dataset modality unknown")
         datasets = pd.DataFrame(columns=list(schema.DATASET_COLUMNS))
-    origin = {"records": str(rec_path), "models": str(mod_path), "datasets": str(ds_path)}
+    origin = {
+        "records": str(rec_path),
+        "models": str(mod_path or ""),
+        "datasets": str(ds_path or ""),
+    }
     return RawCorpus(records, models, datasets, origin, warnings)
 
 
+def _unused_overrides(overrides: Mapping[str, int], records: pd.DataFrame) -> list[str]:
+    unused = sorted(set(overrides) - set(records["metric"]))
+    if not unused:
+        return []
+    return [f"data.direction_overrides names metrics absent from the records: {unused}"]
+
+
 # --- ModelLens format ---------------------------------------------------------------------------
-def _load_json(path: Path, value_type: type | tuple[type, ...], required: bool = True) -> dict:
+_TYPE_NAMES = {int: "an integer", str: "a string", dict: "an object"}
+
+
+def _load_json(path: Path, value_type: type, field: str, required: bool = True) -> dict[str, Any]:
+    """A JSON object name -> value, each value of ``value_type`` (bool is not an int)."""
     if not path.exists():
         if required:
-            raise CorpusError(f"{path}: missing (required by the ModelLens corpus format)")
+            _fail(path, "missing (required by the ModelLens corpus format)")
         return {}
     try:
-        obj = json.loads(path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorpusError(f"{path}: invalid JSON ({e})") from e
+        text = path.read_text("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(path, f"cannot read as UTF-8 text ({e})")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        _fail(path, f"invalid JSON ({e.msg}, column {e.colno})", line=e.lineno)
     if not isinstance(obj, dict):
-        raise CorpusError(f"{path}: expected a JSON object name -> value, got {type(obj).__name__}")
-    for k, v in obj.items():
+        _fail(path, f"expected a JSON object {{name: {field}}}, got {type(obj).__name__}")
+    for n, (k, v) in enumerate(obj.items(), 1):
         if not isinstance(v, value_type) or isinstance(v, bool):
-            want = getattr(value_type, "__name__", None) or "/".join(t.__name__ for t in value_type)
-            raise CorpusError(f"{path}: key {k!r}: expected {want}, got {type(v).__name__} ({v!r})")
+            _fail(
+                path,
+                f"expected {_TYPE_NAMES[value_type]}, got {type(v).__name__} ({v!r})",
+                row=n,
+                entry=k,
+                field=field,
+            )
     return obj
+
+
+def _profile_size(path: Path, n: int, name: str, size: Any) -> float:
+    """Billions of parameters; "unknown", null, "" and 0 -> NaN (as upstream)."""
+    if size is None or (isinstance(size, str) and size.strip().lower() in ("", "unknown")):
+        return math.nan
+    x = None
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        x = float(size)
+    elif isinstance(size, str):
+        try:
+            x = float(size)
+        except ValueError:
+            x = None
+    if x is None:
+        _fail(
+            path,
+            f'expected a number of billions or "unknown", got {type(size).__name__} ({size!r})',
+            row=n,
+            entry=name,
+            field="size",
+        )
+    if not math.isfinite(x) or x < 0:
+        _fail(
+            path,
+            f"size {size!r} must be a finite, non-negative number",
+            row=n,
+            entry=name,
+            field="size",
+        )
+    return math.nan if x == 0 else x
+
+
+def _profile_str(path: Path, n: int, name: str, prof: dict, key: str) -> str:
+    v = prof.get(key)
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        _fail(
+            path, f"expected a string, got {type(v).__name__} ({v!r})", row=n, entry=name, field=key
+        )
+    return v.strip()
 
 
 def read_modellens(
@@ -207,34 +455,37 @@ def read_modellens(
     report: dict,
 ) -> RawCorpus:
     """The public ModelLens corpus: data.csv or data_clean.csv plus its JSON side files."""
+    overrides = check_direction_overrides(direction_overrides)
     path = next(
         (
             directory / n
-            for n in ("data.csv", "data_clean.csv", "data.csv.gz")
+            for n in ("data.csv", "data_clean.csv", "data.csv.gz", "data_clean.csv.gz")
             if (directory / n).exists()
         ),
         None,
     )
     if path is None:
-        raise CorpusError(f"{directory}: no data.csv or data_clean.csv (ModelLens format)")
+        raise CorpusError(
+            f"{directory}: no data.csv or data_clean.csv (ModelLens format)", path=directory
+        )
     records = _read_csv(path, schema.MODELLENS_RECORD_COLUMNS)
     _require_nonempty(records, schema.RECORD_COLUMNS)
     records["value"] = _parse_float(
         records, "value", allow_empty=False, bad_rows=bad_rows, report=report
     )
     records = records[np.isfinite(records["value"].to_numpy())]
-    overrides = {str(k): int(v) for k, v in (direction_overrides or {}).items()}
-    for k, v in overrides.items():
-        if v not in (1, -1):
-            raise CorpusError(f"config data.direction_overrides[{k!r}] = {v}: must be +1 or -1")
     directions: dict[str, int] = {}
-    for i, m in enumerate(records["metric"].to_numpy()):
+    for label, m in zip(records.index, records["metric"].to_numpy()):
         if m not in directions:
             d = schema.infer_direction(m, overrides)
             if d is None:
-                raise CorpusError(
-                    f"{_where(records, i, 'metric')}: unknown direction for metric {m!r}; "
-                    f"set --config.data.direction_overrides='{{\"{m}\": 1}}' (or -1)"
+                _fail_at(
+                    records,
+                    label,
+                    "metric",
+                    f"unknown direction for metric {m!r} (the ModelLens format has no "
+                    "higher_is_better column and the metric table cannot tell); "
+                    + _override_hint(m),
                 )
             directions[m] = d
     records["direction"] = records["metric"].map(directions).astype(np.int8)
@@ -243,56 +494,71 @@ def read_modellens(
     records["date"] = ""
 
     for name in ("task2id", "metric2id", "family2id", "model2id"):
-        _load_json(directory / f"{name}.json", int)
-    model2family = _load_json(directory / "model2family.json", str)
-    profiles = _load_json(directory / "model_profile.json", dict, required=False)
-    rows = []
-    names = sorted(set(model2family) | set(profiles))
-    for name in names:
-        prof = profiles.get(name, {})
-        size = prof.get("size", "unknown")
-        if size in (None, "unknown", ""):
-            size = math.nan
-        elif isinstance(size, (int, float)) and not isinstance(size, bool):
-            size = float(size)
-        else:
-            raise CorpusError(
-                f"{directory / 'model_profile.json'}: model {name!r}, field 'size': expected a "
-                f'number of billions or "unknown", got {size!r}'
+        _load_json(directory / f"{name}.json", int, "id")
+    model2family = _load_json(directory / "model2family.json", str, "family")
+    prof_path = directory / "model_profile.json"
+    profiles = _load_json(prof_path, dict, "profile", required=False)
+    rows: dict[str, dict[str, Any]] = {}
+    for n, (name, prof) in enumerate(profiles.items(), 1):
+        family = _profile_str(prof_path, n, name, prof, "family")
+        date = _profile_str(prof_path, n, name, prof, "release_date")
+        release = _to_datetime([date or None]).iloc[0]
+        if date and pd.isna(release):
+            _fail(
+                prof_path,
+                f"{date!r} is not an ISO date (YYYY-MM-DD)",
+                row=n,
+                entry=name,
+                field="release_date",
             )
-        family = prof.get("family") or model2family.get(name) or ""
-        if not isinstance(family, str):
-            raise CorpusError(
-                f"{directory / 'model_profile.json'}: model {name!r}, field 'family': expected a "
-                f"string, got {family!r}"
-            )
-        rows.append(
+        rows[name] = {
+            "model": name,
+            "family": "" if family.lower() == "unknown" else family.lower(),
+            "params": _profile_size(prof_path, n, name, prof.get("size")),
+            "model_desp": _profile_str(prof_path, n, name, prof, "description"),
+            "release_date": release,
+            "source": "modellens",
+        }
+    for name, family in model2family.items():  # profile family first, then model2family
+        fam = family.strip().lower()
+        fam = "" if fam == "unknown" else fam
+        row = rows.setdefault(
+            name,
             {
                 "model": name,
-                "family": family.lower(),
-                "params": size,
-                "model_desp": str(prof.get("description", "") or ""),
-                "release_date": pd.to_datetime(prof.get("release_date"), errors="coerce"),
+                "family": "",
+                "params": math.nan,
+                "model_desp": "",
+                "release_date": pd.NaT,
                 "source": "modellens",
-            }
+            },
         )
-    models = pd.DataFrame(rows, columns=list(schema.MODEL_COLUMNS))
+        row["family"] = row["family"] or fam
+    models = pd.DataFrame(
+        [rows[k] for k in sorted(rows)], columns=list(schema.MODEL_COLUMNS)
+    ).astype({"params": np.float64})
     datasets = pd.DataFrame(columns=list(schema.DATASET_COLUMNS))
-    origin = {"records": str(path), "models": str(directory / "model_profile.json"), "datasets": ""}
-    return RawCorpus(records, models, datasets, origin, [])
+    origin = {
+        "records": str(path),
+        "models": f"{directory / 'model2family.json'}, {prof_path}",
+        "datasets": "",
+    }
+    return RawCorpus(records, models, datasets, origin, _unused_overrides(overrides, records))
 
 
 def detect_format(directory: Path) -> str:
-    """'leaderboard' if records.csv[.gz] exists, 'modellens' if data[_clean].csv does."""
+    """'leaderboard' if records.csv[.gz] exists, 'modellens' if data[_clean].csv[.gz] does."""
+    if not directory.is_dir():
+        raise CorpusError(f"{directory}: not a directory", path=directory)
     if any((directory / n).exists() for n in ("records.csv", "records.csv.gz")):
         return "leaderboard"
-    if any((directory / n).exists() for n in ("data.csv", "data_clean.csv", "data.csv.gz")):
+    names = ("data.csv", "data_clean.csv", "data.csv.gz", "data_clean.csv.gz")
+    if any((directory / n).exists() for n in names):
         return "modellens"
-    if not directory.is_dir():
-        raise CorpusError(f"{directory}: not a directory")
     raise CorpusError(
         f"{directory}: neither records.csv[.gz] (leaderboard format) nor data.csv / "
-        "data_clean.csv (ModelLens format)"
+        "data_clean.csv (ModelLens format)",
+        path=directory,
     )
 
 
@@ -303,12 +569,22 @@ def shipped_corpus_dir(name: str) -> Path:
 
 def resolve_source(source: str) -> Path:
     """A shipped corpus name or a directory path."""
+    if not str(source).strip():
+        raise CorpusError(
+            "config data.source is empty: a shipped corpus name or a directory",
+            path="config",
+            field="source",
+        )
     shipped = shipped_corpus_dir(source)
     if "/" not in source and shipped.is_dir():
         return shipped
     p = Path(os.path.expanduser(source))
     if not p.exists():
-        raise CorpusError(f"data.source {source!r}: no such shipped corpus or directory")
+        raise CorpusError(
+            f"data.source {source!r}: no such shipped corpus or directory",
+            path=source,
+            field="source",
+        )
     return p
 
 
@@ -321,19 +597,18 @@ def read_corpus(
     report: dict,
 ) -> RawCorpus:
     """Reads and validates a corpus directory in either format."""
+    if fmt not in ("auto", "leaderboard", "modellens"):
+        raise CorpusError(
+            f"config data.format={fmt!r}: expected auto, leaderboard or modellens",
+            path="config",
+            field="format",
+        )
     directory = resolve_source(source)
     fmt = detect_format(directory) if fmt == "auto" else fmt
     if fmt == "leaderboard":
-        raw = read_leaderboard(directory, bad_rows=bad_rows, report=report)
-        if direction_overrides:
-            d = dict(direction_overrides)
-            hit = raw.records["metric"].isin(list(d))
-            raw.records.loc[hit, "direction"] = (
-                raw.records.loc[hit, "metric"].map(d).astype(np.int8)
-            )
-        return raw
-    if fmt == "modellens":
-        return read_modellens(
-            directory, direction_overrides=direction_overrides, bad_rows=bad_rows, report=report
+        return read_leaderboard(
+            directory, bad_rows=bad_rows, report=report, direction_overrides=direction_overrides
         )
-    raise CorpusError(f"config data.format={fmt!r}: expected auto, leaderboard or modellens")
+    return read_modellens(
+        directory, direction_overrides=direction_overrides, bad_rows=bad_rows, report=report
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -71,20 +72,40 @@ class TrainLists:
         self.item_chunk = np.concatenate([np.arange(k) for k in chunks])
         self.item_k = np.repeat(chunks, chunks)
         self.per_epoch = len(self.item_group)
-        self._perm_epoch, self._perm = -1, None
+        # Grain reads this source from a thread pool: the per-epoch permutation cache is shared
+        # state, so it is read into a local under a lock (a reader near an epoch boundary must
+        # never see the next epoch's permutation).
+        self._perms: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.per_epoch * _EPOCHS
+
+    def __getstate__(self) -> dict[str, Any]:  # picklable for grain worker processes
+        d = dict(self.__dict__)
+        d["_lock"], d["_perms"] = None, {}
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)
+        self._lock = threading.Lock()
+
+    def _epoch_perm(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            perm = self._perms.get(epoch)
+            if perm is None:
+                perm = _rng(self.seed, 1, epoch).permutation(self.per_epoch)
+                self._perms[epoch] = perm
+                for old in sorted(self._perms)[:-3]:  # keep the last few epochs
+                    del self._perms[old]
+            return perm
 
     def records_per_epoch(self) -> int:
         return int(sum(len(x) for x in self.lists))
 
     def __getitem__(self, index: int) -> np.ndarray:
         epoch, pos = divmod(int(index), self.per_epoch)
-        if epoch != self._perm_epoch:
-            self._perm = _rng(self.seed, 1, epoch).permutation(self.per_epoch)
-            self._perm_epoch = epoch
-        item = int(self._perm[pos])
+        item = int(self._epoch_perm(epoch)[pos])
         li = int(self.item_group[item])
         recs, k = self.lists[li], int(self.item_k[item])
         if k == 1:
@@ -256,13 +277,21 @@ def train_dataset(
     process_count: int = 1,
     num_models: int = 0,
     worker_count: int = 0,
+    slot_block: int | None = None,
 ) -> tuple[grain.IterDataset, TrainLists]:
-    """The training stream for this process (``rows`` = process-local rows)."""
+    """The training stream for this process (``rows`` = process-local rows, ``num_models`` =
+    process-local models block).
+
+    Each process reads lists ``process_index::process_count`` of the shuffled stream. Its
+    ``model_slot``/``group_slot`` point into the *global* models/groups blocks, which are the
+    process-local blocks concatenated in mesh order: ``slot_block`` is this process's position
+    there (``sharding.process_block``; default ``process_index``)."""
     src = TrainLists(tables.corpus, list_size=list_size, seed=seed)
     ds = grain.MapDataset.source(src)[process_index::process_count].to_iter_dataset()
     ds = PackLists(ds, rows=rows, list_size=list_size, pack=pack)
     feat = Featurize(tables, rows=rows, list_size=list_size, num_models=num_models)
-    feat.slot_offset = (process_index * feat.num_models, process_index * feat.num_groups)
+    blk = process_index if slot_block is None else int(slot_block)
+    feat.slot_offset = (blk * feat.num_models, blk * feat.num_groups)
     ds = ds.map(feat)
     if worker_count > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))

@@ -8,7 +8,8 @@ each: ``split`` (TRAIN / VAL / TEST) and ``setting`` (which setting a held-out r
 - unseen models: a temporal hold-out: the newest dated models are TEST, the next newest VAL
   (fractions of the dated models' records); models without a release date always train;
 - performance completion: of the remaining records (seen model and seen dataset), a random
-  fraction is masked.
+  fraction is masked; a model or dataset whose every remaining record was drawn gets one of
+  them back into TRAIN, so completion always asks about a model and a dataset seen in training.
 
 Precedence when a record falls in several: test dataset > test model > val dataset > val model >
 completion draw. Held-out models and datasets never get a learned ID (they have no train record).
@@ -28,16 +29,24 @@ SETTINGS = {
 }
 
 
+FRACTIONS = tuple(f"{a}_{b}" for a in ("completion", "dataset", "model") for b in ("val", "test"))
+
+
 def check_fractions(fr: dict[str, float]) -> None:
-    """Each fraction in (0, 1) and each val + test pair below 1."""
-    for k, v in fr.items():
-        if k == "seed":
-            continue
+    """Each fraction in (0, 1) and each val + test pair below 1 (ValueError naming the key)."""
+    missing = [k for k in FRACTIONS if k not in fr]
+    if missing:
+        raise ValueError(f"config data.split is missing {missing}")
+    for k in FRACTIONS:
+        v = fr[k]
         if not (0.0 < float(v) < 1.0):
             raise ValueError(f"config data.split.{k}={v}: must be inside (0, 1)")
     for a in ("completion", "dataset", "model"):
-        if fr[f"{a}_val"] + fr[f"{a}_test"] >= 1.0:
-            raise ValueError(f"config data.split.{a}_val + {a}_test must be < 1")
+        v, t = float(fr[f"{a}_val"]), float(fr[f"{a}_test"])
+        if v + t >= 1.0:
+            raise ValueError(
+                f"config data.split.{a}_val + {a}_test = {v} + {t} = {v + t:g}: must be < 1"
+            )
 
 
 def stratified_holdout(strata: np.ndarray, val: float, test: float, rng) -> np.ndarray:
@@ -111,4 +120,15 @@ def assign(
     ):
         split[cond] = sp
         setting[cond] = st
+    # Completion must test seen entities: a model (then a dataset) with completion-masked records
+    # but no training record gets its masked record with the smallest draw back into TRAIN.
+    # Returning records only adds training records, so the second pass keeps the first's fix.
+    for ent in (rec_model, rec_dataset):
+        has_train = np.zeros(int(ent.max()) + 1 if n else 0, bool)
+        has_train[ent[split == TRAIN]] = True
+        cand = np.flatnonzero((split != TRAIN) & (setting == COMPLETION) & ~has_train[ent])
+        if len(cand):
+            cand = cand[np.argsort(u[cand], kind="stable")]
+            _, first = np.unique(ent[cand], return_index=True)
+            split[cand[first]] = TRAIN
     return split, setting
