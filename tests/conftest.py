@@ -8,8 +8,8 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 
-import jax  # noqa: E402
-from absl import flags  # noqa: E402
+import jax
+from absl import flags
 
 jax.config.update("jax_num_cpu_devices", 8)
 if not flags.FLAGS.is_parsed():
