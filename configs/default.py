@@ -91,7 +91,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.input.groups_per_batch = 32  # rows of the [groups, list] batch (global)
     c.input.list_size = 64
     c.input.pack = True  # pack short groups into one row with segment ids
-    c.input.max_models_per_batch = 0  # 0 = groups_per_batch * list_size
+    c.input.max_models_per_batch = 0  # distinct models per batch; 0 = groups_per_batch * list_size
+    c.input.max_groups_per_batch = 0  # lists per batch; 0 = 4 * groups_per_batch when packing
     c.input.worker_count = 0
     c.input.prefetch = 2
 
@@ -102,6 +103,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.optim.decay = "cosine"  # cosine | constant
     c.optim.weight_decay = 1e-4
     c.optim.clip_norm = 5.0
+    c.optim.sparse_embeddings = False  # lazy row-wise AdamW for the big ID/token tables (optim.py)
 
     # --- training loop --------------------------------------------------------------------
     c.train = ml_collections.ConfigDict()

@@ -1,0 +1,229 @@
+"""``python -m modellens_jax.bench [--preset=paper|default] [--steps=N]``: one JSON line of
+training and scoring throughput through the real pipeline and the real jitted step.
+
+paper    a synthetic corpus at the paper's scale and shape (47K models, 9.6K groups, 1.59M
+         records, heavy-tailed groups; cached under ~/.cache/modellens_jax/bench) and the
+         paper's dimensions (backbone input 6,016 -> 512 -> 512)
+default  the shipped corpus with configs/default.py
+
+Records/s counts real records passed through the scorer (padding excluded), once per forward
+pass. FLOPs come from XLA's cost analysis of the compiled step; the peak is the device's
+nominal dense peak (a measured matmul peak on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import flags
+from flax import nnx
+
+from modellens_jax import cli, sharding, train
+from modellens_jax.data import pipeline, synthetic
+from modellens_jax.model import Scorer
+
+_PRESET = flags.DEFINE_enum("preset", "paper", ["paper", "default"], "Benchmark preset.")
+_STEPS = flags.DEFINE_integer("steps", 30, "Timed steps (after warm-up).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Warm-up steps (compile + first runs).")
+_CACHE = flags.DEFINE_string(
+    "cache", os.path.expanduser("~/.cache/modellens_jax/bench"), "Synthetic corpus cache."
+)
+_CONFIG = cli.define_config_flag()
+
+# Nominal dense peak FLOP/s by device kind and compute dtype.
+PEAKS = {
+    ("H100", "float32"): 67e12,  # SXM, no tensor cores (TF32 is off by default in XLA f32)
+    ("H100", "bfloat16"): 989e12,
+    ("H200", "float32"): 67e12,
+    ("H200", "bfloat16"): 989e12,
+    ("A100", "float32"): 19.5e12,
+    ("A100", "bfloat16"): 312e12,
+}
+
+
+def device_peak(dtype: str) -> tuple[float, str]:
+    """(peak FLOP/s, how it was obtained) for the first device."""
+    kind = jax.devices()[0].device_kind
+    for (name, dt), peak in PEAKS.items():
+        if name in kind and dt == dtype:
+            return peak, f"nominal {name} {dt}"
+    n = 2048
+    a = jnp.ones((n, n), jnp.dtype(dtype))
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        r = f(a)
+    r.block_until_ready()
+    return 2 * n**3 * 5 / (time.perf_counter() - t0), f"measured {n}x{n} matmul on {kind}"
+
+
+def bench_config(preset: str, base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    c = base
+    if preset == "paper":
+        c.model.update(model_id_dim=1536, name_dim=512, dataset_id_dim=256, task_dim=256,
+                       metric_dim=256, size_dim=64, family_dim=64, hidden_dim=512)  # fmt: skip
+    return c
+
+
+def load_tables(preset: str, config) -> pipeline.FeatureTables:
+    if preset == "paper":
+        s = synthetic.PAPER_SCALE
+        out = Path(_CACHE.value) / "paper-v1"
+        corp = synthetic.make_corpus(out, models=s["models"], datasets=s["datasets"],
+                                     records=s["records"], tasks=s["tasks"],
+                                     metrics=s["metrics"], families=s["families"])  # fmt: skip
+        md = synthetic.random_embeddings(s["models"], s["desc_dim"], 1)
+        dd = synthetic.random_embeddings(s["datasets"], s["desc_dim"], 2)
+        return pipeline.FeatureTables(corp, md, dd)
+    work = Path(_CACHE.value) / "default"
+    return train.load_data(config, work, verbose=False)[1]
+
+
+def run(preset: str, config, steps: int, warmup: int) -> dict:
+    tables = load_tables(preset, config)
+    sizes = train.feature_sizes(config, tables)
+    mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.model))
+    rows, L = int(config.input.groups_per_batch), int(config.input.list_size)
+    num_models = int(config.input.max_models_per_batch) or rows * L
+    model = Scorer(config.model, sizes, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, train.make_optimizer(config), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, opt))
+    state_sh = sharding.state_shardings(state, mesh)
+    state = jax.device_put(state, state_sh)
+    nbytes = lambda t: int(sum(x.nbytes for x in jax.tree.leaves(t)))  # noqa: E731
+    param_bytes = nbytes(nnx.state(model, nnx.Param))
+    state_bytes = nbytes(state)
+    del model, opt
+
+    ds, _ = pipeline.train_dataset(tables, rows=rows, list_size=L, pack=bool(config.input.pack),
+                                   seed=0, num_models=num_models,
+                                   num_groups=int(config.input.max_groups_per_batch))  # fmt: skip
+    prefetch = train.DevicePrefetch(iter(ds), mesh, int(config.input.prefetch))
+    repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    step_fn = jax.jit(train.make_train_step(graphdef, config.loss),
+                      in_shardings=(state_sh, repl, bsh, repl, repl),
+                      out_shardings=(state_sh, repl), donate_argnums=(0, 1))  # fmt: skip
+    weights, key = train.loss_weights(config), jax.random.key(0)
+    acc = jax.device_put(train._acc_zeros(), repl)
+
+    batch, *_ = prefetch.next()
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, acc, batch, weights, key).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    for _ in range(warmup):
+        state, acc = step_fn(state, acc, batch, weights, key)
+        batch, *_ = prefetch.next()
+    jax.block_until_ready(acc)
+    compiles_warm = step_fn._cache_size()
+
+    times, waits, real, slots = [], 0.0, 0, 0
+    host0 = prefetch.host_seconds
+    t_start = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        batch, _, n_real, n_all = prefetch.next()
+        waits += time.perf_counter() - t0
+        state, acc = step_fn(state, acc, batch, weights, key)
+        jax.block_until_ready(acc)
+        times.append(time.perf_counter() - t0)
+        real, slots = real + n_real, slots + n_all
+    wall = time.perf_counter() - t_start
+    prefetch.close()
+    host_s = prefetch.host_seconds - host0
+    peak, peak_src = device_peak(str(config.model.compute_dtype))
+    a = jax.device_get(acc)
+    out = {
+        "preset": preset,
+        "device": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "mesh": dict(mesh.shape),
+        "batch": [rows, L],
+        "records_per_s": real / wall,
+        "steps_per_s": steps / wall,
+        "fill_ratio": real / max(slots, 1),
+        "data_wait_frac": waits / wall,
+        "host_input_s_per_step": host_s / steps,
+        "compiles": step_fn._cache_size(),
+        "recompiles_after_warmup": step_fn._cache_size() - compiles_warm,
+        "step_ms_p50": 1e3 * float(np.percentile(times, 50)),
+        "step_ms_p90": 1e3 * float(np.percentile(times, 90)),
+        "step_ms_p99": 1e3 * float(np.percentile(times, 99)),
+        "compile_s": compile_s,
+        "flops_per_step": flops,
+        "flops_per_s": flops * steps / wall,
+        "mfu": flops * steps / wall / peak,
+        "peak_flops_per_s": peak,
+        "peak_source": peak_src,
+        "param_bytes": param_bytes,
+        "optimizer_bytes": state_bytes - param_bytes,
+        "loss_finite": bool(a["nonfinite"] == 0),
+        "compute_dtype": str(config.model.compute_dtype),
+    }
+    out.update(scoring_latency(graphdef, state, tables, n_candidates=47_000))
+    return out
+
+
+def scoring_latency(graphdef, state, tables: pipeline.FeatureTables, n_candidates: int) -> dict:
+    """Latency of scoring one dataset against ``n_candidates`` models: with the model side
+    cached (serving) and computed from scratch."""
+    model, _ = nnx.merge(graphdef, state)
+    rng = np.random.default_rng(0)
+    c = tables.corpus
+    idx = rng.integers(0, len(c.model_names), n_candidates)
+    models = {k: jnp.asarray(v[idx]) for k, v in tables.model_cols.items()}
+    models["model_desc"] = jnp.asarray(np.asarray(tables.model_desc[np.sort(idx)], np.float32))
+    groups = {k: jnp.asarray(v[:1]) for k, v in tables.group_cols.items()}
+    groups["dataset_desc"] = jnp.asarray(np.asarray(tables.dataset_desc[:1], np.float32))
+    gd_m, st_m = nnx.split(model)
+
+    @jax.jit
+    def full(st, models, groups):
+        return nnx.merge(gd_m, st).score_all(models, groups)["score"]
+
+    @jax.jit
+    def sides(st, models):
+        m = nnx.merge(gd_m, st)
+        return m.model_side(models), m.model_prior(models)
+
+    @jax.jit
+    def cached(st, mside, prior, groups):
+        m = nnx.merge(gd_m, st)
+        return m.score_sides(mside, m.context_side(groups), prior)["score"]
+
+    def timeit(f, *a, n=10):
+        jax.block_until_ready(f(*a))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            r = f(*a)
+        jax.block_until_ready(r)
+        return (time.perf_counter() - t0) / n * 1e3
+
+    mside, prior = sides(st_m, models)
+    return {
+        "score_47k_ms_cached": timeit(cached, st_m, mside, prior, groups),
+        "score_47k_ms_full": timeit(full, st_m, models, groups),
+    }
+
+
+def main(argv) -> None:
+    del argv
+    config = bench_config(_PRESET.value, _CONFIG.value)
+    res = run(_PRESET.value, config, _STEPS.value, _WARMUP.value)
+    print(json.dumps(res), flush=True)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    cli.run(main)
