@@ -44,6 +44,7 @@ from modellens_jax.text.cache import (
 from modellens_jax.text.encoder import (
     Encoder,
     EncoderError,
+    EncoderNotFoundError,
     default_encoder_dir,
     encoder_identity,
     read_spec,
@@ -63,6 +64,21 @@ class EmbedError(ValueError):
 
 _ENCODERS: dict[tuple[str, int | None, int], Encoder] = {}
 DEFAULT_ENCODER_NAMES = ("minilm", "default", "")
+
+
+def _is_default(encoder: str | os.PathLike | None) -> bool:
+    return encoder is None or str(encoder).lower() in DEFAULT_ENCODER_NAMES
+
+
+def shipped_identity() -> tuple[str, int] | None:
+    """(identity, dim) of the default encoder's embeddings shipped as package seeds, so the
+    shipped corpus embeds without the encoder package; None when no seed ships."""
+    from modellens_jax.text.cache import package_seed_dir
+
+    for f in sorted(package_seed_dir().glob("*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            return str(z["identity"]), int(z["vectors"].shape[1])
+    return None
 
 
 def resolve_encoder_dir(encoder: str | os.PathLike | None) -> Path:
@@ -131,9 +147,16 @@ def embed_texts(
     """
     t0 = time.perf_counter()
     texts = [str(t) for t in texts]
-    spec = read_spec(resolve_encoder_dir(encoder_dir), max_length=max_length)
-    identity = encoder_identity(spec)
-    store = _resolve_cache(cache, identity, spec.dim)
+    try:
+        spec = read_spec(resolve_encoder_dir(encoder_dir), max_length=max_length)
+        identity, dim = encoder_identity(spec), spec.dim
+    except EncoderNotFoundError as missing_encoder:
+        # Without the encoder package, the shipped embeddings still serve the texts they hold.
+        shipped = shipped_identity() if _is_default(encoder_dir) and max_length is None else None
+        if shipped is None or cache is None or cache is False:
+            raise
+        spec, (identity, dim), not_found = None, shipped, missing_encoder
+    store = _resolve_cache(cache, identity, dim)
 
     # Unique texts, first occurrence order.
     first: dict[str, int] = {}
@@ -142,8 +165,12 @@ def embed_texts(
     if store is not None:
         vecs, missing = store.lookup(unique)
     else:
-        vecs, missing = np.zeros((len(unique), spec.dim), np.float32), np.arange(len(unique))
+        vecs, missing = np.zeros((len(unique), dim), np.float32), np.arange(len(unique))
     encode_seconds, compiles = 0.0, 0
+    if len(missing) and spec is None:
+        raise EncoderNotFoundError(
+            f"{len(missing)} texts are not among the shipped embeddings: {not_found}"
+        ) from not_found
     if len(missing):
         enc = load_encoder(spec.path, max_length=max_length, batch_size=batch_size)
         if enc.identity != identity:  # the files changed since the encoder was loaded
@@ -168,7 +195,7 @@ def embed_texts(
         "texts_per_s": len(missing) / encode_seconds if encode_seconds > 0 else 0.0,
         "compiles": compiles,
         "identity": identity,
-        "dim": spec.dim,
+        "dim": dim,
     }
     return out, stats
 
@@ -401,7 +428,12 @@ def embed_corpus(
         if name not in arrays:
             to_encode += texts[name]
     if to_encode:
-        encoder_dir = resolve_encoder_dir(encoder)  # only now: an import needs no encoder
+        try:  # only now: an import needs no encoder
+            encoder_dir = resolve_encoder_dir(encoder)
+        except EncoderNotFoundError:
+            if not _is_default(encoder):
+                raise
+            encoder_dir = None  # embed_texts falls back to the shipped embeddings
         vecs, stats = embed_texts(
             to_encode,
             encoder_dir,
@@ -410,16 +442,20 @@ def embed_corpus(
             max_length=max_length,
             dtype=np.float32,
         )
-        spec = read_spec(encoder_dir, max_length=max_length)
-        encoder_info = {
-            "identity": stats["identity"],
-            "name": spec.name,
-            "path": str(spec.path),
-            "dim": spec.dim,
-            "pooling": list(spec.pooling),
-            "normalize": spec.normalize,
-            "max_length": spec.max_length,
-        }
+        if encoder_dir is None:  # served from the shipped embeddings
+            encoder_info = {"identity": stats["identity"], "name": "minilm (shipped embeddings)",
+                            "dim": stats["dim"]}  # fmt: skip
+        else:
+            spec = read_spec(encoder_dir, max_length=max_length)
+            encoder_info = {
+                "identity": stats["identity"],
+                "name": spec.name,
+                "path": str(spec.path),
+                "dim": spec.dim,
+                "pooling": list(spec.pooling),
+                "normalize": spec.normalize,
+                "max_length": spec.max_length,
+            }
         start = 0
         for name in TABLES:
             if name in arrays:
@@ -470,11 +506,11 @@ def embed_corpus(
 
 
 def load_corpus_embeddings(corpus_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``(model_desc, dataset_desc)`` float32 arrays written by ``embed_corpus`` (loaded whole;
-    ``EmbeddingRows`` serves rows from disk instead)."""
+    """``(model_desc, dataset_desc)`` tables written by ``embed_corpus``, memory-mapped: the
+    input pipeline gathers the rows each batch needs."""
     model = EmbeddingRows.from_corpus(corpus_dir, "model_desc")
     dataset = EmbeddingRows.from_corpus(corpus_dir, "dataset_desc")
-    return np.asarray(model.array, np.float32), np.asarray(dataset.array, np.float32)
+    return model.array, dataset.array
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

