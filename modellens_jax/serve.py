@@ -1,0 +1,904 @@
+"""Serving from a bundle alone: verify it, featurise models and queries, rank and score.
+
+Imports only jax, numpy, safetensors and ``modellens_jax.data.schema`` (no flax, orbax, grain,
+training or model code). The text encoder is imported lazily, only when a description the bundle
+has never seen must be embedded.
+
+Python API::
+
+    rec = Recommender.load("bundle/")               # verifies every sha256 in manifest.json
+    rec.rank(dataset_desc="...", task="...", metric="...", top_k=10)    # all known models
+    rec.rank(dataset="MMLU", task=..., metric=..., candidates="models.csv", max_params=14)
+    pool = rec.candidates("models.csv")             # featurise once, model side cached
+    rec.rank(..., candidates=pool)
+    rec.score_pairs(pairs, models="models.csv", datasets="datasets.csv")
+
+Featurisation mirrors the compiled corpus: a known model (by exact name) uses its stored row
+(learned ID, name tokens, size bucket, family, description embedding); an unseen model uses ID 0
+([UNK]) but its own name tokens (``schema.name_token_array``), size bucket
+(``schema.size_bucket`` over the bundle's edges), family (given or ``schema.derive_family``;
+unknown to the vocabulary -> 0) and the embedding of ``corpus.model_text``. A known dataset uses
+its learned ID and stored description embedding; an unseen one ID 0 and the embedding of
+``corpus.dataset_text``. Unknown task/metric -> 0. Every result lists the features that fell
+back to [UNK]/unknown (``unknown``), e.g. ``["model_id", "family", "task"]``.
+
+``score`` is the model's tempered ranking score ``(residual + prior) / T``: comparable between
+models for one query, not a predicted metric value; ``prior`` is the size/family prior and
+``residual`` the backbone's part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
+
+from modellens_jax.data import schema
+
+FORMAT = "modellens-bundle"
+FORMAT_VERSION = 1
+MODEL_INPUTS = ("model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "family")
+GROUP_INPUTS = ("dataset_id", "dataset_desc", "task", "metric")
+FUNCTIONS = {
+    "scorer": "scorer.jaxexport",
+    "model_side": "model_side.jaxexport",
+    "score_sides": "score_sides.jaxexport",
+    "score_pairs": "score_pairs.jaxexport",
+}
+DATA_FILES = (
+    "params.safetensors",
+    "tables.safetensors",
+    "vocab.json",
+    "texts.json",
+    "config.json",
+    "encoder.json",
+)
+REQUIRED_FILES = (*DATA_FILES, *FUNCTIONS.values())
+PAIR_CHUNK = 1 << 16
+
+Embedder = Callable[[Sequence[str]], np.ndarray]
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, incomplete, corrupted or from another format version."""
+
+
+class InputError(ValueError):
+    """A bad CSV file, row or argument (the message names file, row and field)."""
+
+
+def bucket(n: int, minimum: int = 8) -> int:
+    """Padded size for ``n`` rows: ``max(n, minimum)`` rounded up to 2^k or 3·2^(k-1), so a
+    shape-polymorphic function compiles for few shapes (two per octave) and pads by < 50%."""
+    n = max(int(n), minimum)
+    p = 1 << (n - 1).bit_length()
+    return 3 * p // 4 if n <= 3 * p // 4 else p
+
+
+# --- reading and verifying a bundle ---------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(path: str | os.PathLike) -> dict[str, Any]:
+    """Checks ``manifest.json`` (format, version) and every listed file's size and sha256;
+    returns the manifest. Raises :class:`BundleError` naming the first bad file."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"{root}: no such bundle directory")
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        raise BundleError(f"{mpath}: missing; {root} is not a bundle or is incomplete")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath}: unreadable ({e}); the bundle is corrupted") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{mpath}: not a {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{mpath}: format_version {manifest.get('format_version')!r}; this reader "
+            f"understands {FORMAT_VERSION} (re-export the bundle with this version)"
+        )
+    files = manifest.get("files") or {}
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise BundleError(f"{mpath}: does not list {name}; the bundle is incomplete")
+    for name, info in files.items():
+        f = root / name
+        if not f.is_file():
+            raise BundleError(f"{f}: missing; the bundle is incomplete (re-export it)")
+        size = f.stat().st_size
+        if size != info.get("bytes"):
+            raise BundleError(
+                f"{f}: {size} bytes, manifest says {info.get('bytes')}; the file is truncated "
+                "or was modified (checksum check failed)"
+            )
+        digest = _sha256(f)
+        if digest != info.get("sha256"):
+            raise BundleError(
+                f"{f}: sha256 checksum mismatch (manifest {str(info.get('sha256'))[:16]}..., "
+                f"file {digest[:16]}...); the file is corrupted or was modified"
+            )
+    return manifest
+
+
+@dataclasses.dataclass
+class Bundle:
+    """A verified bundle in memory: parameters on device, tables and vocabularies on host, and
+    the deserialized scoring functions (jitted, so each padded shape compiles once)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    encoder: dict[str, Any]
+    vocab: dict[str, list[str]]
+    texts: dict[str, list[str]]
+    tables: dict[str, np.ndarray]
+    params: dict[str, jax.Array]
+    functions: dict[str, Callable]
+    exported: dict[str, jax.export.Exported]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, check: bool = True) -> Bundle:
+        """Reads ``path``; ``check`` verifies the manifest's checksums first (default)."""
+        root = Path(path)
+        manifest = verify(root) if check else json.loads((root / "manifest.json").read_text())
+
+        def read_json(name: str) -> Any:
+            try:
+                return json.loads((root / name).read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise BundleError(f"{root / name}: unreadable ({e})") from e
+
+        def read_st(name: str) -> dict[str, np.ndarray]:
+            try:
+                return load_file(root / name)
+            except (OSError, SafetensorError) as e:
+                raise BundleError(f"{root / name}: unreadable safetensors ({e})") from e
+
+        exported = {}
+        for fname, file in FUNCTIONS.items():
+            try:
+                exported[fname] = jax.export.deserialize(bytearray((root / file).read_bytes()))
+            except Exception as e:  # flatbuffers raises assorted errors on bad input
+                raise BundleError(f"{root / file}: cannot deserialize ({e})") from e
+        params = {k: jax.device_put(v) for k, v in read_st("params.safetensors").items()}
+        return cls(
+            path=root,
+            manifest=manifest,
+            config=read_json("config.json"),
+            encoder=read_json("encoder.json"),
+            vocab=read_json("vocab.json"),
+            texts=read_json("texts.json"),
+            tables=read_st("tables.safetensors"),
+            params=params,
+            functions={k: jax.jit(e.call) for k, e in exported.items()},
+            exported=exported,
+        )
+
+    @property
+    def features(self) -> dict[str, bool]:
+        """Which features the model uses (``model_id``, ``name``, ``model_desc``, ...)."""
+        return dict(self.manifest["features"])
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return dict(self.manifest["inputs"])
+
+
+# --- CSV input ------------------------------------------------------------------------------
+def read_csv(
+    path: str | os.PathLike, required: Sequence[str], *, nonempty: Sequence[str] = ()
+) -> list[tuple[str, dict[str, str]]]:
+    """Rows of a CSV (``.csv`` or ``.csv.gz``) as ``(where, row)``; ``where`` reads
+    ``"file row N (line L)"``. Missing columns or empty ``nonempty`` fields raise InputError."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        raw = (
+            gzip.open(p, "rt", encoding="utf-8-sig", newline="")
+            if p.suffix == ".gz"
+            else (open(p, encoding="utf-8-sig", newline=""))
+        )
+        with raw as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise InputError(
+                    f"{p}: missing column(s) {', '.join(map(repr, missing))} "
+                    f"(header: {', '.join(header) or 'empty'})"
+                )
+            reader.fieldnames = header
+            out = []
+            for k, row in enumerate(reader, start=1):
+                where = f"{p} row {k} (line {reader.line_num})"
+                row = {c: (v or "").strip() for c, v in row.items() if c is not None}
+                for c in nonempty:
+                    if not row.get(c):
+                        raise InputError(f"{where}, field {c!r}: empty")
+                out.append((where, row))
+    except (UnicodeDecodeError, csv.Error, OSError) as e:
+        raise InputError(f"{p}: unreadable CSV ({e})") from e
+    return out
+
+
+def _merge_rows(rows: Iterable[tuple[str, Mapping[str, str]]], key: str) -> dict[str, tuple]:
+    """Per ``key`` value: (where of the first row, first non-empty value of each field), as
+    the corpus merges one-row-per-source metadata."""
+    merged: dict[str, tuple[str, dict[str, str]]] = {}
+    for where, row in rows:
+        name = row[key]
+        if name not in merged:
+            merged[name] = (where, dict(row))
+        else:
+            have = merged[name][1]
+            for c, v in row.items():
+                if v and not have.get(c):
+                    have[c] = v
+    return merged
+
+
+def _as_rows(src: Any, key: str, what: str) -> list[tuple[str, dict[str, str]]]:
+    """A CSV path, or an iterable of mappings / names, as ``(where, row)`` pairs."""
+    if isinstance(src, (str, os.PathLike)):
+        return read_csv(src, [key], nonempty=[key])
+    rows = []
+    for i, r in enumerate(src, start=1):
+        row = {key: r} if isinstance(r, str) else {str(k): v for k, v in dict(r).items()}
+        row = {k: "" if v is None else str(v).strip() for k, v in row.items()}
+        if not row.get(key):
+            raise InputError(f"{what} item {i}, field {key!r}: empty")
+        rows.append((f"{what} item {i}", row))
+    return rows
+
+
+def _params(where: str, value: str) -> float:
+    if not value:
+        return float("nan")
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(f"{where}, field 'params': {value!r} is not a number (billions)") from None
+
+
+# --- features -------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ModelPool:
+    """Featurised models (the models block of the scorer), plus what results report.
+
+    ``side``/``prior`` (the model half of the first layer and the size/family prior) are
+    computed once on first use and cached, so ranking the pool for another query only runs the
+    context half and the trunk.
+    """
+
+    names: list[str]
+    arrays: dict[str, np.ndarray]
+    params: np.ndarray
+    families: list[str]
+    known: np.ndarray
+    unknown: list[tuple[str, ...]]
+    descriptions: list[str]
+    _side: tuple[jax.Array, jax.Array] | None = dataclasses.field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def padded(self) -> dict[str, np.ndarray]:
+        """The models block padded to :func:`bucket` rows (padding rows are zeros)."""
+        return _pad(self.arrays, bucket(len(self)))
+
+
+def _pad(arrays: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in arrays.items():
+        p = np.zeros((rows, *v.shape[1:]), v.dtype)
+        p[: len(v)] = v
+        out[k] = p
+    return out
+
+
+@dataclasses.dataclass
+class Contexts:
+    """Featurised queries (the groups block): one row per (dataset, task, metric)."""
+
+    keys: list[tuple[str | None, str | None, str | None]]
+    arrays: dict[str, np.ndarray]
+    unknown: list[tuple[str, ...]]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    """One ranked model."""
+
+    rank: int
+    model: str
+    score: float
+    prior: float
+    residual: float
+    unknown: tuple[str, ...]
+    known: bool
+    family: str
+    params: float | None
+    description: str
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["unknown"] = list(self.unknown)
+        return d
+
+
+def default_embedder(info: Mapping[str, Any]) -> Embedder:
+    """Embeds texts with the bundle's encoder (``encoder.json``) through
+    ``modellens_jax.embed.embed_texts`` (cached by text), after checking that the local encoder
+    has the identity the stored embeddings were made with; vectors are rounded through the
+    stored dtype (float16) so new rows look like stored ones."""
+    from modellens_jax import embed
+    from modellens_jax.text import encoder as enc
+
+    hint = info.get("encoder")
+    path = None if hint in (None, "minilm", "default") else hint
+    max_length = info.get("max_length")
+    try:
+        local = enc.encoder_identity(path, max_length=max_length)
+    except enc.EncoderError as e:
+        raise BundleError(f"encoder.json: the bundle's encoder is not available here: {e}") from e
+    want = info.get("identity")
+    if want and want != local:
+        raise BundleError(
+            f"encoder.json: the bundle's descriptions were embedded with {want!r}, but the "
+            f"local encoder ({path or info.get('package') or 'default'}) is {local!r}; install "
+            "the matching encoder or pass embedder= to Recommender.load"
+        )
+    store = np.dtype(info.get("dtype") or "float32")
+
+    def embed_new(texts: Sequence[str]) -> np.ndarray:
+        vectors, _ = embed.embed_texts(list(texts), encoder_dir=path, max_length=max_length)
+        return np.asarray(vectors, np.float32).astype(store).astype(np.float32)
+
+    return embed_new
+
+
+class Recommender:
+    """Ranks models for a dataset/task/metric and scores (dataset, task, metric, model) pairs
+    from a :class:`Bundle`. ``embedder`` (texts -> [N, D] float32) overrides the bundle's
+    encoder, e.g. to reuse a loaded one."""
+
+    def __init__(self, bundle: Bundle, embedder: Embedder | None = None):
+        self.bundle = bundle
+        self._embedder = embedder
+        v = bundle.vocab
+        self.model_index = {m: i for i, m in enumerate(v["models"])}
+        self.dataset_index = {d: i for i, d in enumerate(v["datasets"])}
+        self.task_index = {t: i for i, t in enumerate(v["tasks"]) if i}
+        self.metric_index = {t: i for i, t in enumerate(v["metrics"]) if i}
+        self.family_index = {t: i for i, t in enumerate(v["families"]) if i}
+        self.features = bundle.features
+        inp = bundle.inputs
+        self.max_tokens = int(inp["max_name_tokens"])
+        self.name_buckets = int(inp["name_buckets"])
+        self.size_edges = tuple(float(e) for e in inp["size_edges"])
+        self.model_desc_dim = int(inp["model_desc_dim"])
+        self.dataset_desc_dim = int(inp["dataset_desc_dim"])
+        self._known: ModelPool | None = None
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, *, embedder: Embedder | None = None, check: bool = True
+    ) -> Recommender:
+        """Verifies and loads the bundle at ``path``."""
+        return cls(Bundle.load(path, check=check), embedder)
+
+    # ------------------------------------------------------------------------- embedding
+    def embed(self, texts: Sequence[str], dim: int) -> np.ndarray:
+        """``[len(texts), dim]`` description embeddings of new texts."""
+        if not texts:
+            return np.zeros((0, dim), np.float32)
+        if self._embedder is None:
+            self._embedder = default_embedder(self.bundle.encoder)
+        vecs = np.asarray(self._embedder(list(texts)), np.float32)
+        if vecs.shape != (len(texts), dim):
+            raise BundleError(
+                f"encoder.json: the encoder gave vectors of shape {vecs.shape}; the model "
+                f"expects ({len(texts)}, {dim})"
+            )
+        return vecs
+
+    # ------------------------------------------------------------------------- models
+    def known_models(self) -> ModelPool:
+        """Every model of the bundle, with its stored features (cached)."""
+        if self._known is None:
+            self._known = self._known_pool(np.arange(len(self.model_index)))
+        return self._known
+
+    def _known_pool(self, rows: np.ndarray) -> ModelPool:
+        t, f = self.bundle.tables, self.features
+        arrays = {k: np.asarray(t[f"models/{k}"])[rows] for k in MODEL_INPUTS}
+        params = np.asarray(t["models/params"], np.float64)[rows]
+        fams = self.bundle.vocab["families"]
+        unknown = []
+        for i in range(len(rows)):
+            u = []
+            if f["model_id"] and arrays["model_id"][i] == 0:
+                u.append("model_id")
+            if f["size"] and arrays["size_bucket"][i] == 0:
+                u.append("size")
+            if f["family"] and arrays["family"][i] == 0:
+                u.append("family")
+            unknown.append(tuple(u))
+        names, texts = self.bundle.vocab["models"], self.bundle.texts["models"]
+        return ModelPool(
+            names=[names[r] for r in rows],
+            arrays=arrays,
+            params=params,
+            families=[fams[x] for x in arrays["family"]],
+            known=np.ones(len(rows), bool),
+            unknown=unknown,
+            descriptions=[texts[r] for r in rows],
+        )
+
+    def candidates(
+        self,
+        rows: str | os.PathLike | Iterable[Mapping[str, Any] | str] | None = None,
+        *,
+        model_desc: np.ndarray | None = None,
+    ) -> ModelPool:
+        """Featurises candidate models: a models.csv path (corpus format: ``model`` plus any of
+        ``family, params, model_desp``), an iterable of such rows (or bare names), or None (all
+        known models). ``model_desc`` gives precomputed description vectors for the unseen rows
+        (in order) instead of embedding their texts. Duplicate names merge as in the corpus."""
+        if rows is None:
+            return self.known_models()
+        merged = _merge_rows(_as_rows(rows, "model", "candidates"), "model")
+        return self._pool(merged, model_desc=model_desc)
+
+    def _pool(
+        self, merged: Mapping[str, tuple[str, Mapping[str, str]]], *, model_desc=None
+    ) -> ModelPool:
+        names = list(merged)
+        known_rows = [self.model_index.get(n, -1) for n in names]
+        new = [i for i, r in enumerate(known_rows) if r < 0]
+        pool = self._known_pool(np.asarray([max(r, 0) for r in known_rows], np.int64))
+        pool.names = names
+        pool.known = np.asarray([r >= 0 for r in known_rows], bool)
+        if not new:
+            return pool
+        f = self.features
+        new_names = [names[i] for i in new]
+        info = [merged[n] for n in new_names]
+        params = np.asarray([_params(w, r.get("params", "")) for w, r in info], np.float64)
+        fams = [
+            (r.get("family") or "").lower() or schema.derive_family(n)
+            for n, (_, r) in zip(new_names, info)
+        ]
+        descs = [r.get("model_desp", "") for _, r in info]
+        tokens, mask = schema.name_token_array(new_names, self.name_buckets, self.max_tokens)
+        fam_ids = np.asarray([self.family_index.get(x, 0) for x in fams], np.int32)
+        sizes = schema.size_bucket(params, self.size_edges)
+        a = pool.arrays
+        idx = np.asarray(new)
+        a["model_id"][idx] = 0
+        a["name_tokens"][idx] = tokens
+        a["name_mask"][idx] = mask
+        a["size_bucket"][idx] = sizes
+        a["family"][idx] = fam_ids
+        if f["model_desc"]:
+            if model_desc is not None:
+                vecs = np.asarray(model_desc, np.float32)
+                if vecs.shape != (len(new), self.model_desc_dim):
+                    raise InputError(
+                        f"model_desc: shape {vecs.shape}, expected ({len(new)}, "
+                        f"{self.model_desc_dim}) for the unseen candidates"
+                    )
+            else:
+                from modellens_jax.data.corpus import model_text
+
+                texts = [
+                    model_text(n, d, fa, p) for n, d, fa, p in zip(new_names, descs, fams, params)
+                ]
+                vecs = self.embed(texts, self.model_desc_dim)
+            a["model_desc"][idx] = vecs
+        pool.params[idx] = params
+        for j, i in enumerate(new):
+            u = []
+            if f["model_id"]:
+                u.append("model_id")
+            if f["name"] and not mask[j].any():
+                u.append("name")
+            if f["model_desc"] and not descs[j]:
+                u.append("model_desc")
+            if f["size"] and sizes[j] == 0:
+                u.append("size")
+            if f["family"] and fam_ids[j] == 0:
+                u.append("family")
+            pool.unknown[i] = tuple(u)
+            pool.families[i] = fams[j]
+            pool.descriptions[i] = descs[j]
+        return pool
+
+    # ------------------------------------------------------------------------- queries
+    def contexts(
+        self,
+        queries: Sequence[Mapping[str, str | None]],
+        *,
+        dataset_rows: Mapping[str, tuple[str, Mapping[str, str]]] | None = None,
+        require_rows: bool = False,
+    ) -> Contexts:
+        """Featurises queries ``{dataset, dataset_desc, task, metric}`` (any may be None).
+
+        A known dataset uses its stored ID and embedding (a given description is then ignored);
+        an unseen one ID 0 and the embedding of its text (description from the query, else
+        from ``dataset_rows``). ``require_rows`` refuses unseen datasets without a row."""
+        f, t = self.features, self.bundle.tables
+        n = len(queries)
+        arrays = {
+            "dataset_id": np.zeros(n, np.int32),
+            "dataset_desc": np.zeros((n, self.dataset_desc_dim), np.float32),
+            "task": np.zeros(n, np.int32),
+            "metric": np.zeros(n, np.int32),
+        }
+        unknown, keys, embed_rows, embed_texts = [], [], [], []
+        for i, q in enumerate(queries):
+            ds, task, metric = q.get("dataset") or None, q.get("task"), q.get("metric")
+            desc = q.get("dataset_desc") or ""
+            keys.append((ds, task, metric))
+            arrays["task"][i] = self.task_index.get(task or "", 0)
+            arrays["metric"][i] = self.metric_index.get(metric or "", 0)
+            u = []
+            j = self.dataset_index.get(ds, -1) if ds else -1
+            if j >= 0:
+                arrays["dataset_id"][i] = t["datasets/dataset_id"][j]
+                arrays["dataset_desc"][i] = t["datasets/dataset_desc"][j]
+            else:
+                row = (dataset_rows or {}).get(ds) if ds else None
+                if ds and row is None and require_rows:
+                    where = q.get("where") or "query"
+                    raise InputError(
+                        f"{where}, field 'dataset': {ds!r} is not in the bundle and has no row "
+                        "in the datasets file (give its description there)"
+                    )
+                if row is not None:
+                    desc = desc or row[1].get("dataset_desp", "")
+                    text_task = row[1].get("task") or task or ""
+                else:
+                    text_task = task or ""
+                if f["dataset_desc"]:
+                    if not desc:
+                        u.append("dataset_desc")
+                    embed_rows.append(i)
+                    embed_texts.append(_dataset_text(ds, text_task, desc))
+            if f["dataset_id"] and arrays["dataset_id"][i] == 0:
+                u.insert(0, "dataset_id")
+            if arrays["task"][i] == 0:
+                u.append("task")
+            if arrays["metric"][i] == 0:
+                u.append("metric")
+            unknown.append(tuple(u))
+        if embed_rows:
+            arrays["dataset_desc"][embed_rows] = self.embed(embed_texts, self.dataset_desc_dim)
+        return Contexts(keys, arrays, unknown)
+
+    # ------------------------------------------------------------------------- scoring
+    def model_side(self, pool: ModelPool) -> tuple[jax.Array, jax.Array]:
+        """The pool's cached (side [U', H], prior [U']) on device (U' = padded size)."""
+        if pool._side is None:
+            out = self.bundle.functions["model_side"](self.bundle.params, pool.padded())
+            pool._side = (out["side"], out["prior"])
+        return pool._side
+
+    def score_matrix(
+        self, pool: ModelPool, ctx: Contexts, *, cached: bool = True
+    ) -> dict[str, np.ndarray]:
+        """``score``/``residual`` [S, U] and ``prior`` [U] of every query against every model.
+
+        ``cached`` reuses the pool's model side (computed on first use); otherwise the whole
+        scorer runs (model side included)."""
+        if not len(pool) or not len(ctx):
+            z = np.zeros((len(ctx), len(pool)), np.float32)
+            return {"score": z, "prior": np.zeros(len(pool), np.float32), "residual": z}
+        groups = _pad(ctx.arrays, bucket(len(ctx), 1))
+        fns, params = self.bundle.functions, self.bundle.params
+        if cached:
+            side, prior = self.model_side(pool)
+            out = fns["score_sides"](params, side, prior, groups)
+        else:
+            out = fns["scorer"](params, pool.padded(), groups)
+        s, u = len(ctx), len(pool)
+        return {
+            "score": np.asarray(out["score"])[:s, :u],
+            "prior": np.asarray(out["prior"])[:u],
+            "residual": np.asarray(out["residual"])[:s, :u],
+        }
+
+    def rank(
+        self,
+        dataset_desc: str | None = None,
+        task: str | None = None,
+        metric: str | None = None,
+        *,
+        dataset: str | None = None,
+        candidates: ModelPool | str | os.PathLike | Iterable | None = None,
+        top_k: int | None = 10,
+        max_params: float | None = None,
+        min_params: float | None = None,
+        families: Iterable[str] | None = None,
+        keep_unknown_size: bool = True,
+        cached: bool = True,
+    ) -> list[Recommendation]:
+        """The ``top_k`` best models (all when None/0) for one query, best first.
+
+        ``candidates``: a :class:`ModelPool`, a models.csv path, rows, or None (all known
+        models). Filters: ``max_params``/``min_params`` (billions; models of unknown size are
+        kept unless ``keep_unknown_size=False``) and ``families`` (names, case-insensitive)."""
+        pool = candidates if isinstance(candidates, ModelPool) else self.candidates(candidates)
+        ctx = self.contexts(
+            [{"dataset": dataset, "dataset_desc": dataset_desc, "task": task, "metric": metric}]
+        )
+        keep = np.ones(len(pool), bool)
+        known_size = np.isfinite(pool.params)
+        if max_params is not None:
+            keep &= np.where(known_size, pool.params <= max_params, keep_unknown_size)
+        if min_params is not None:
+            keep &= np.where(known_size, pool.params >= min_params, keep_unknown_size)
+        if families is not None:
+            fam = {x.lower() for x in families}
+            keep &= np.asarray([x.lower() in fam for x in pool.families], bool)
+        out = self.score_matrix(pool, ctx, cached=cached)
+        score = out["score"][0]
+        idx = np.flatnonzero(keep)
+        idx = idx[np.argsort(-score[idx], kind="stable")]
+        if top_k:
+            idx = idx[:top_k]
+        cu = ctx.unknown[0]
+        return [
+            Recommendation(
+                rank=r + 1,
+                model=pool.names[i],
+                score=float(score[i]),
+                prior=float(out["prior"][i]),
+                residual=float(out["residual"][0, i]),
+                unknown=(*pool.unknown[i], *cu),
+                known=bool(pool.known[i]),
+                family=pool.families[i],
+                params=float(pool.params[i]) if np.isfinite(pool.params[i]) else None,
+                description=pool.descriptions[i],
+            )
+            for r, i in enumerate(idx)
+        ]
+
+    def score_pairs(
+        self,
+        pairs: str | os.PathLike | Iterable[Mapping[str, str]],
+        *,
+        models: str | os.PathLike | Iterable[Mapping[str, Any]] | None = None,
+        datasets: str | os.PathLike | Iterable[Mapping[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Scores (dataset, task, metric, model) rows (a pairs.csv path or mappings).
+
+        Models and datasets the bundle has not seen need a row in ``models``/``datasets``
+        (corpus format); otherwise InputError names the pair's file, row and field."""
+        cols = ("dataset", "task", "metric", "model")
+        if isinstance(pairs, (str, os.PathLike)):
+            rows = read_csv(pairs, cols, nonempty=("dataset", "model"))
+        else:
+            rows = []
+            for i, r in enumerate(pairs, start=1):
+                missing = [c for c in cols if c not in r]
+                if missing:
+                    raise InputError(f"pairs item {i}: missing field(s) {missing}")
+                rows.append((f"pairs item {i}", {c: str(r[c] or "").strip() for c in cols}))
+        if not rows:
+            return []
+        mrows = _merge_rows(_as_rows(models, "model", "models"), "model") if models else {}
+        drows = (
+            _merge_rows(_as_rows(datasets, "dataset", "datasets"), "dataset") if datasets else {}
+        )
+        model_slot: dict[str, int] = {}
+        need: dict[str, tuple[str, Mapping[str, str]]] = {}
+        for where, r in rows:
+            m = r["model"]
+            if m not in model_slot:
+                model_slot[m] = len(model_slot)
+                if m in self.model_index:
+                    need[m] = (where, {"model": m})
+                elif m in mrows:
+                    need[m] = mrows[m]
+                else:
+                    raise InputError(
+                        f"{where}, field 'model': {m!r} is not in the bundle and has no row in "
+                        "the models file (give its family, params and model_desp there)"
+                    )
+        pool = self._pool(need)
+        ctx_slot: dict[tuple, int] = {}
+        queries = []
+        for where, r in rows:
+            key = (r["dataset"], r["task"], r["metric"])
+            if key not in ctx_slot:
+                ctx_slot[key] = len(ctx_slot)
+                queries.append(
+                    {"dataset": key[0], "task": key[1], "metric": key[2], "where": where}
+                )
+        ctx = self.contexts(queries, dataset_rows=drows, require_rows=True)
+        mslot = np.asarray([model_slot[r["model"]] for _, r in rows], np.int32)
+        gslot = np.asarray(
+            [ctx_slot[(r["dataset"], r["task"], r["metric"])] for _, r in rows], np.int32
+        )
+        models_b = pool.padded()
+        groups_b = _pad(ctx.arrays, bucket(len(ctx), 1))
+        fn, params = self.bundle.functions["score_pairs"], self.bundle.params
+        parts = {"score": [], "prior": [], "residual": []}
+        for a in range(0, len(rows), PAIR_CHUNK):
+            ms, gs = mslot[a : a + PAIR_CHUNK], gslot[a : a + PAIR_CHUNK]
+            p = bucket(len(ms))
+            out = fn(
+                params,
+                models_b,
+                groups_b,
+                np.pad(ms, (0, p - len(ms))),
+                np.pad(gs, (0, p - len(gs))),
+            )
+            for k in parts:
+                parts[k].append(np.asarray(out[k])[: len(ms)])
+        res = {k: np.concatenate(v) for k, v in parts.items()}
+        return [
+            {
+                "dataset": r["dataset"],
+                "task": r["task"],
+                "metric": r["metric"],
+                "model": r["model"],
+                "score": float(res["score"][i]),
+                "prior": float(res["prior"][i]),
+                "residual": float(res["residual"][i]),
+                "unknown": [*pool.unknown[mslot[i]], *ctx.unknown[gslot[i]]],
+            }
+            for i, (_, r) in enumerate(rows)
+        ]
+
+
+def _dataset_text(name: str | None, task: str, desc: str) -> str:
+    """The corpus's dataset text (``corpus.dataset_text``); a nameless query drops the name."""
+    from modellens_jax.data.corpus import dataset_text
+
+    if name:
+        return dataset_text(name, task, desc)
+    return dataset_text("", task, desc).strip()
+
+
+# --- benchmark ------------------------------------------------------------------------------
+def _timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    t = np.asarray(times) * 1e3
+    return {
+        "median_ms": float(np.median(t)),
+        "min_ms": float(t.min()),
+        "max_ms": float(t.max()),
+        "repeats": repeats,
+    }
+
+
+def bench_rank(
+    bundle: str | os.PathLike | Recommender,
+    n_candidates: int = 47_000,
+    *,
+    repeats: int = 5,
+    top_k: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Latency of ranking ``n_candidates`` synthetic unseen models for one dataset.
+
+    ``cached``: the pool's model side is precomputed (what a server keeps between queries),
+    so a query runs the context half, the trunk over [1, U] and top-k. ``uncached``: the whole
+    scorer, model side included. Both include the host-side top-k; compile time (first call)
+    is reported apart. Description vectors are random unit vectors (no encoder needed)."""
+    rec = bundle if isinstance(bundle, Recommender) else Recommender.load(bundle)
+    rng = np.random.default_rng(seed)
+    fams = rec.bundle.vocab["families"][1:] or ["unknown"]
+    rows = [
+        {
+            "model": f"synthetic/bench-model-{i}-{p:.2g}b",
+            "family": fams[rng.integers(len(fams))],
+            "params": f"{p:.4g}",
+        }
+        for i, p in enumerate(np.exp(rng.uniform(np.log(0.01), np.log(400), n_candidates)))
+    ]
+    desc = None
+    if rec.features["model_desc"]:
+        desc = rng.normal(size=(n_candidates, rec.model_desc_dim)).astype(np.float32)
+        desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    t0 = time.perf_counter()
+    pool = rec.candidates(rows, model_desc=desc)
+    featurize_s = time.perf_counter() - t0
+    dataset = rec.bundle.vocab["datasets"][0] if rec.bundle.vocab["datasets"] else None
+    task = rec.bundle.vocab["tasks"][1] if len(rec.bundle.vocab["tasks"]) > 1 else None
+    metric = rec.bundle.vocab["metrics"][1] if len(rec.bundle.vocab["metrics"]) > 1 else None
+    query = {"dataset": dataset, "task": task, "metric": metric, "top_k": top_k, "candidates": pool}
+
+    def first(fn: Callable[[], Any]) -> float:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    def side() -> None:
+        pool._side = None
+        jax.block_until_ready(rec.model_side(pool))
+
+    compile_s = {
+        "uncached_first_call_s": first(lambda: rec.rank(**query, cached=False)),
+        "model_side_first_call_s": first(side),
+        "cached_first_call_s": first(lambda: rec.rank(**query, cached=True)),
+    }
+    dev = jax.devices()[0]
+    return {
+        "n_candidates": n_candidates,
+        "padded_to": bucket(n_candidates),
+        "hidden_dim": int(rec.bundle.inputs["hidden_dim"]),
+        "features": [k for k, on in rec.features.items() if on],
+        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+        "host_cpus": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+        "featurize_s": featurize_s,
+        "compile": compile_s,
+        "model_side_precompute": _timed(side, repeats),
+        "cached": _timed(lambda: rec.rank(**query, cached=True), repeats),
+        "uncached": _timed(lambda: rec.rank(**query, cached=False), repeats),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m modellens_jax.serve --bundle=B [--bench]``: verify a bundle (and print its
+    summary), or benchmark ranking 47,000 synthetic candidates (JSON)."""
+    ap = argparse.ArgumentParser(prog="python -m modellens_jax.serve", description=main.__doc__)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--bench", action="store_true", help="benchmark rank latency (JSON)")
+    ap.add_argument("--n-candidates", type=int, default=47_000)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    try:
+        if args.bench:
+            print(
+                json.dumps(
+                    bench_rank(args.bundle, args.n_candidates, repeats=args.repeats), indent=1
+                )
+            )
+            return 0
+        manifest = verify(args.bundle)
+    except (BundleError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    src, counts = manifest.get("source", {}), manifest.get("counts", {})
+    print(
+        f"{args.bundle}: ok ({len(manifest['files'])} files verified; step {src.get('step')}; "
+        f"{counts.get('models')} models, {counts.get('datasets')} datasets)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
