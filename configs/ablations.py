@@ -1,0 +1,126 @@
+"""The paper's ablations (method.md §9) as named presets over ``configs/default.py``.
+
+Train one::
+
+  python -m modellens_jax.train --config=configs/ablations.py:semantic_only --workdir=runs/sem
+
+Train and compare several against the baselines (one table)::
+
+  python -m modellens_jax.ablate --presets=main,listwise,semantic_only --workdir=runs/ablate
+
+A preset string may add ``configs/default.py`` presets after a comma
+(``configs/ablations.py:semantic_only,tiny``). ``main`` is the default config unchanged.
+
+Loss objectives (upstream ``config/method_ablation``)
+  ensemble             λ_list 0.5, λ_pair 1, λ_point 0.1, Plackett-Luce mean (= main)
+  listwise             Plackett-Luce only, summed over positions (``ListwiseRankLoss``)
+  pairwise             BPR only
+  listwise_pointwise   Plackett-Luce (mean) + 0.1 pointwise MSE
+  pairwise_pointwise   BPR + 0.1 pointwise MSE
+  listwise_pairwise    0.5 Plackett-Luce (sum) + 1 BPR
+Information sources (``config/ablation_information``; task and metric are always on)
+  interaction_only     model ID, dataset ID; no name, descriptions, size, family; ID dropout 0
+  semantic_only        model name + description, dataset description; no IDs, size, family
+  structural_only      size (feature + prior) and family only; ID dropout 0
+  interaction_semantic IDs + name + descriptions; no size, family
+  interaction_structural  IDs + size + family; no name, descriptions; ID dropout 0
+  semantic_structural  name + descriptions + size + family; no IDs; ID dropout 0
+Size and family (``config/ablation_size``, ``config/ablation_family``)
+  no_size_prior        size feature kept, size prior off
+  no_size_feature      size feature off (which also turns the prior off)
+  no_family            family embedding leaves backbone and prior
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+_DEFAULT = Path(__file__).resolve().parent / "default.py"
+
+
+def _default_module():
+    spec = importlib.util.spec_from_file_location("_modellens_default_config", _DEFAULT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _losses(listwise: float, pairwise: float, pointwise: float, pl_reduction: str = "mean"):
+    def apply(c):
+        c.loss.weights.update(listwise=listwise, pairwise=pairwise, pointwise=pointwise)
+        c.loss.pl_reduction = pl_reduction
+
+    return apply
+
+
+def _sources(model: str, dataset: str, size: bool, family: bool, id_dropout: float | None):
+    """``model`` / ``dataset``: comma lists of the inputs left on (id, name, desc)."""
+    on_m, on_d = set(model.split(",")), set(dataset.split(","))
+
+    def apply(c):
+        m = c.model
+        m.use_model_id = "id" in on_m
+        m.use_model_name = "name" in on_m
+        m.use_model_desc = "desc" in on_m
+        m.use_dataset_id = "id" in on_d
+        m.use_dataset_desc = "desc" in on_d
+        m.use_size_feature = m.use_size_prior = size
+        m.use_family_prior = family
+        if id_dropout is not None:
+            m.model_id_dropout = m.dataset_id_dropout = id_dropout
+
+    return apply
+
+
+def _set(**switches):
+    def apply(c):
+        c.model.update(**switches)
+
+    return apply
+
+
+PRESETS = {
+    "main": lambda c: None,
+    # loss objectives
+    "ensemble": _losses(0.5, 1.0, 0.1),
+    "listwise": _losses(1.0, 0.0, 0.0, "sum"),
+    "pairwise": _losses(0.0, 1.0, 0.0),
+    "listwise_pointwise": _losses(1.0, 0.0, 0.1),
+    "pairwise_pointwise": _losses(0.0, 1.0, 0.1),
+    "listwise_pairwise": _losses(0.5, 1.0, 0.0, "sum"),
+    # information sources
+    "interaction_only": _sources("id", "id", size=False, family=False, id_dropout=0.0),
+    "semantic_only": _sources("name,desc", "desc", size=False, family=False, id_dropout=None),
+    "structural_only": _sources("", "", size=True, family=True, id_dropout=0.0),
+    "interaction_semantic": _sources(
+        "id,name,desc", "id,desc", size=False, family=False, id_dropout=None
+    ),
+    "interaction_structural": _sources("id", "id", size=True, family=True, id_dropout=0.0),
+    "semantic_structural": _sources("name,desc", "desc", size=True, family=True, id_dropout=0.0),
+    # size and family
+    "no_size_prior": _set(use_size_prior=False),
+    "no_size_feature": _set(use_size_feature=False, use_size_prior=False),
+    "no_family": _set(use_family_prior=False),
+}
+LOSS_PRESETS = ("ensemble", "listwise", "pairwise", "listwise_pointwise", "pairwise_pointwise",
+                "listwise_pairwise")  # fmt: skip
+SOURCE_PRESETS = ("interaction_only", "semantic_only", "structural_only", "interaction_semantic",
+                  "interaction_structural", "semantic_structural")  # fmt: skip
+SIZE_FAMILY_PRESETS = ("no_size_prior", "no_size_feature", "no_family")
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    """``configs/default.py``'s config with one ablation applied; further comma-separated names
+    are ``configs/default.py`` presets (paper, reference, tiny)."""
+    names = [p.strip() for p in (preset or "main").split(",") if p.strip()] or ["main"]
+    ablation, rest = names[0], names[1:]
+    if ablation not in PRESETS:
+        raise ValueError(
+            f"unknown ablation preset {ablation!r}: expected one of {', '.join(PRESETS)}"
+        )
+    c = _default_module().get_config(",".join(rest) or None)
+    PRESETS[ablation](c)
+    return c
