@@ -140,6 +140,13 @@ def _take(x: Array, idx: Array) -> Array:
     return jnp.take(x, idx, axis=0, mode="clip")
 
 
+def _dropout(x: Array, rate: Any, key: Array) -> Array:
+    """Inverted dropout with a possibly traced rate (rate 0 keeps everything)."""
+    keep = 1.0 - jnp.asarray(rate, jnp.float32)
+    mask = jax.random.bernoulli(key, keep, x.shape)
+    return jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0).astype(x.dtype)
+
+
 def _embed_table(num: int, dim: int, rngs: nnx.Rngs) -> nnx.Embed:
     return nnx.Embed(num, dim, embedding_init=nnx.initializers.normal(stddev=1.0), rngs=rngs)
 
@@ -218,8 +225,6 @@ class Scorer(nnx.Module):
         h = self.hidden_dim
         self.first = _SplitDense(self.feature_dims, h, rngs=rngs)
         self.second = nnx.Linear(h, h, rngs=rngs)
-        self.drop1 = nnx.Dropout(self.dropout_rate)
-        self.drop2 = nnx.Dropout(self.dropout_rate)
         self.rank_head = nnx.Linear(h, 1, rngs=rngs)
         self.point_head = nnx.Linear(h, 1, rngs=rngs)
 
@@ -311,12 +316,30 @@ class Scorer(nnx.Module):
         return jnp.concatenate([self.first.kernels[f][...] for f in self.feature_dims], 0)
 
     # ------------------------------------------------------------------------------ forward
-    def id_dropout_masks(self, key: Array, shape: tuple[int, ...]) -> tuple[Array, Array]:
+    def _rates(self, rates: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Dropout rates: the config's, or per-call overrides (traced arrays allowed, so sweep
+        members with different rates share one program)."""
+        out = {"dropout": self.dropout_rate, "model_id_dropout": self.model_id_dropout,
+               "dataset_id_dropout": self.dataset_id_dropout}  # fmt: skip
+        for k, v in (rates or {}).items():
+            if k not in out:
+                raise ValueError(f"unknown rate {k!r}: expected one of {sorted(out)}")
+            out[k] = v
+        if not self.use_model_id:
+            out["model_id_dropout"] = 0.0
+        if not self.use_dataset_id:
+            out["dataset_id_dropout"] = 0.0
+        return out
+
+    def id_dropout_masks(
+        self, key: Array, shape: tuple[int, ...], rates: Mapping[str, Any] | None = None
+    ) -> tuple[Array, Array]:
         """Per-record Bernoulli masks (True = replace by [UNK]) for model and dataset IDs."""
+        r = self._rates(rates)
         k_m, k_d = jax.random.split(key)
         return (
-            jax.random.bernoulli(k_m, self.model_id_dropout, shape),
-            jax.random.bernoulli(k_d, self.dataset_id_dropout, shape),
+            jax.random.bernoulli(k_m, r["model_id_dropout"], shape),
+            jax.random.bernoulli(k_d, r["dataset_id_dropout"], shape),
         )
 
     def _keys(self, train: bool, key: Array | None) -> tuple[Array, Array] | None:
@@ -327,28 +350,40 @@ class Scorer(nnx.Module):
         k_id, k_drop = jax.random.split(key)
         return k_id, k_drop
 
-    def _trunk(self, pre: Array, prior: Array, train: bool, key: Array | None) -> dict[str, Array]:
+    def _trunk(
+        self, pre: Array, prior: Array, train: bool, key: Array | None, rate: Any = 0.0
+    ) -> dict[str, Array]:
         """ReLU → Dropout → Linear → ReLU → Dropout → heads; then the tempered score."""
-        k1 = k2 = None
+        h = jax.nn.relu(pre)
         if train:
             k1, k2 = jax.random.split(key)
-        h = self.drop1(jax.nn.relu(pre), deterministic=not train, rngs=k1)
+            h = _dropout(h, rate, k1)
         h = jax.nn.relu(_dense(self.second, h, self.dtype))
-        h = self.drop2(h, deterministic=not train, rngs=k2)
+        if train:
+            h = _dropout(h, rate, k2)
         residual = _dense(self.rank_head, h, self.dtype)[..., 0]
         z_hat = _dense(self.point_head, h, self.dtype)[..., 0]
         score = (residual + prior) / jnp.maximum(self.temperature[...], MIN_TEMPERATURE)
         return {"score": score, "prior": prior, "residual": residual, "z_hat": z_hat}
 
     def __call__(
-        self, batch: Mapping[str, Array], *, train: bool = False, key: Array | None = None
+        self,
+        batch: Mapping[str, Array],
+        *,
+        train: bool = False,
+        key: Array | None = None,
+        rates: Mapping[str, Any] | None = None,
     ) -> dict[str, Array]:
         """Scores every record slot: ``score``, ``prior``, ``residual``, ``z_hat``, each [R, L].
 
         ``train=True`` applies ID dropout and dropout with randomness derived from ``key``;
         ``train=False`` is deterministic. Values at padded slots are meaningless (but finite).
+        ``rates`` overrides the config's dropout / ID-dropout rates (see ``_rates``).
         """
         keys = self._keys(train, key)
+        r = self._rates(rates)
+        id_drop_m = self.use_model_id and (rates is not None or self.model_id_dropout > 0)
+        id_drop_d = self.use_dataset_id and (rates is not None or self.dataset_id_dropout > 0)
         mslot, gslot = batch["model_slot"], batch["group_slot"]
         u, s = batch["model_id"].shape[0], batch["task"].shape[0]
         mfeats = self.model_features(batch)
@@ -356,20 +391,21 @@ class Scorer(nnx.Module):
         mside = self._project(mfeats, u)
         cside = self._project(cfeats, s) + self.first.bias[...]
         m_rec, c_rec = _take(mside, mslot), _take(cside, gslot)
-        if keys is not None and (self.model_id_dropout > 0 or self.dataset_id_dropout > 0):
-            drop_m, drop_d = self.id_dropout_masks(keys[0], mslot.shape)
-            if self.model_id_dropout > 0:
+        if keys is not None and (id_drop_m or id_drop_d):
+            drop_m, drop_d = self.id_dropout_masks(keys[0], mslot.shape, r)
+            if id_drop_m:
                 proj = _matmul(mfeats["model_id"], self.first.kernels["model_id"][...], self.dtype)
                 m_unk = self._unk_side(self.model_id_embed, "model_id", proj, mside)
                 m_rec = jnp.where(drop_m[..., None], _take(m_unk, mslot), m_rec)
-            if self.dataset_id_dropout > 0:
+            if id_drop_d:
                 proj = _matmul(
                     cfeats["dataset_id"], self.first.kernels["dataset_id"][...], self.dtype
                 )
                 c_unk = self._unk_side(self.dataset_id_embed, "dataset_id", proj, cside)
                 c_rec = jnp.where(drop_d[..., None], _take(c_unk, gslot), c_rec)
         prior = _take(self.model_prior(batch), mslot)
-        return self._trunk(m_rec + c_rec, prior, train, None if keys is None else keys[1])
+        key2 = None if keys is None else keys[1]
+        return self._trunk(m_rec + c_rec, prior, train, key2, r["dropout"])
 
     def forward_concatenated(
         self, batch: Mapping[str, Array], *, train: bool = False, key: Array | None = None
@@ -394,7 +430,8 @@ class Scorer(nnx.Module):
         x = jnp.concatenate([per_record[f] for f in self.feature_dims], -1)
         pre = _matmul(x, self.first_layer_kernel(), self.dtype) + self.first.bias[...]
         prior = _take(self.model_prior(batch), mslot)
-        return self._trunk(pre, prior, train, None if keys is None else keys[1])
+        key2 = None if keys is None else keys[1]
+        return self._trunk(pre, prior, train, key2, self.dropout_rate)
 
     # ------------------------------------------------------------------------------ serving
     def score_sides(self, mside: Array, cside: Array, prior: Array) -> dict[str, Array]:
