@@ -28,7 +28,6 @@ from flax import nnx
 
 from modellens_jax import cli, sharding, train
 from modellens_jax.data import pipeline, synthetic
-from modellens_jax.model import Scorer
 
 _PRESET = flags.DEFINE_enum("preset", "paper", ["paper", "default"], "Benchmark preset.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps (after warm-up).")
@@ -94,22 +93,17 @@ def run(preset: str, config, steps: int, warmup: int) -> dict:
     mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.model))
     rows, L = int(config.input.groups_per_batch), int(config.input.list_size)
     num_models = int(config.input.max_models_per_batch) or rows * L
-    model = Scorer(config.model, sizes, rngs=nnx.Rngs(0))
-    opt = nnx.Optimizer(model, train.make_optimizer(config), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, opt))
-    state_sh = sharding.state_shardings(state, mesh)
-    state = jax.device_put(state, state_sh)
+    graphdef, state, state_sh = train.init_state(config, sizes, mesh)
     nbytes = lambda t: int(sum(x.nbytes for x in jax.tree.leaves(t)))  # noqa: E731
-    param_bytes = nbytes(nnx.state(model, nnx.Param))
+    param_bytes = nbytes(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param))
     state_bytes = nbytes(state)
-    del model, opt
 
     ds, _ = pipeline.train_dataset(tables, rows=rows, list_size=L, pack=bool(config.input.pack),
                                    seed=0, num_models=num_models,
                                    num_groups=int(config.input.max_groups_per_batch))  # fmt: skip
     prefetch = train.DevicePrefetch(iter(ds), mesh, int(config.input.prefetch))
     repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    step_fn = jax.jit(train.make_train_step(graphdef, config.loss),
+    step_fn = jax.jit(train.make_train_step(graphdef, config),
                       in_shardings=(state_sh, repl, bsh, repl, repl),
                       out_shardings=(state_sh, repl), donate_argnums=(0, 1))  # fmt: skip
     weights, key = train.loss_weights(config), jax.random.key(0)

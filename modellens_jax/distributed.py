@@ -29,8 +29,16 @@ def initialize(
     process_id: int | None = None,
     auto: bool = False,
 ) -> None:
-    """Initialises the JAX distributed runtime when asked; a no-op for single-process runs."""
+    """Initialises the JAX distributed runtime when asked; a no-op for single-process runs and
+    when the runtime is already up (a launcher or test harness initialised it)."""
+    if jax.distributed.is_initialized():
+        return
     if coordinator or num_processes:
+        if not (coordinator and num_processes and process_id is not None):
+            raise ValueError(
+                "a multi-process run needs all of --coordinator=host:port, --num_processes=N "
+                "and --process_id=i (or --distributed for auto-detection on TPU pods / SLURM)"
+            )
         jax.distributed.initialize(
             coordinator_address=coordinator,
             num_processes=num_processes,

@@ -252,21 +252,10 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
 
 
 def abstract_state(config: ml_collections.ConfigDict, sizes, mesh: jax.sharding.Mesh):
-    """``(graphdef, abstract state)``: the model and optimizer ``train.init_state`` builds, as
-    shapes bound to their shardings on ``mesh`` (nothing allocated or compiled)."""
-    from flax import nnx
+    """``(graphdef, abstract state)`` as training builds it (``train.abstract_state``)."""
+    from modellens_jax import train
 
-    from modellens_jax import checkpointing, sharding, train
-    from modellens_jax.model import Scorer
-
-    tx = train.make_optimizer(config)
-
-    def build():
-        model = Scorer(config.model, sizes, rngs=nnx.Rngs(int(config.seed)))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    graphdef, abstract = nnx.split(nnx.eval_shape(build))
-    return graphdef, checkpointing.abstract_like(abstract, sharding.state_shardings(abstract, mesh))
+    return train.abstract_state(config, sizes, mesh)
 
 
 def restore_state(

@@ -50,7 +50,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from modellens_jax import checkpointing, serve, train
+from modellens_jax import checkpointing, serve, sharding, train
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import pipeline
 from modellens_jax.model import Scorer
@@ -217,16 +217,8 @@ def load_config(workdir: Path) -> ml_collections.ConfigDict:
 
 def _abstract_state(config: ml_collections.ConfigDict, tables: pipeline.FeatureTables):
     """(graphdef, abstract state on one device) of the trainer's (model, optimizer) pair."""
-    sizes = train.feature_sizes(config, tables)
-    tx = train.make_optimizer(config)
-
-    def build():
-        model = Scorer(config.model, sizes, rngs=nnx.Rngs(0))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-    graphdef, abstract = nnx.split(nnx.eval_shape(build))
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return graphdef, checkpointing.abstract_like(abstract, jax.tree.map(lambda _: one, abstract))
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    return train.abstract_state(config, train.feature_sizes(config, tables), mesh)
 
 
 def restore(workdir: str | os.PathLike, step: int | None = None) -> Restored:

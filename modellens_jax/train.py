@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,11 +26,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from modellens_jax import checkpointing, evaluate, losses, sharding
+from modellens_jax import checkpointing, evaluate, losses, optim, sharding
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import pipeline, splits
 from modellens_jax.metric_writer import MetricWriter
-from modellens_jax.model import FeatureSizes, Scorer
+from modellens_jax.model import FeatureSizes
 
 STRUCTURAL_SECTIONS = ("data", "embed", "model", "loss", "input", "optim", "seed")
 
@@ -48,25 +50,25 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
 def load_data(config: ml_collections.ConfigDict, workdir: str | Path, *, verbose: bool = True):
     """The compiled corpus under ``workdir/corpus`` (prepared if absent) and its feature tables
     (frozen description embeddings computed or taken from the cache if absent)."""
-    from modellens_jax import prepare
-
     cdir = Path(workdir) / "corpus"
-    if not (cdir / "manifest.json").exists():
-        if jax.process_index() == 0:
-            prepare.prepare(config.data, cdir, verbose=verbose)
-        _barrier("prepare")
+    # Process 0 decides and prepares; every process passes the barrier (a process deciding on
+    # its own could see the corpus process 0 just wrote and skip a barrier process 0 waits at).
+    if jax.process_index() == 0 and not (cdir / "manifest.json").exists():
+        from modellens_jax import prepare
+
+        prepare.prepare(config.data, cdir, verbose=verbose)
+    _barrier("prepare")
     corpus = corpus_lib.load_corpus(cdir)
     m_cfg = config.model
     need = m_cfg.use_model_desc or m_cfg.use_dataset_desc
     if need:
         from modellens_jax import embed
 
-        if not (cdir / "embeddings" / "manifest.json").exists():
-            if jax.process_index() == 0:
-                embed.embed_corpus(cdir, encoder=config.embed.encoder, dtype=config.embed.dtype,
-                                   batch_size=config.embed.batch_size,
-                                   max_length=config.embed.max_length, verbose=verbose)  # fmt: skip
-            _barrier("embed")
+        if jax.process_index() == 0 and not (cdir / "embeddings" / "manifest.json").exists():
+            embed.embed_corpus(cdir, encoder=config.embed.encoder, dtype=config.embed.dtype,
+                               batch_size=config.embed.batch_size,
+                               max_length=config.embed.max_length, verbose=verbose)  # fmt: skip
+        _barrier("embed")
         model_desc, dataset_desc = embed.load_corpus_embeddings(cdir)
     if not (need and m_cfg.use_model_desc):
         model_desc = np.zeros((len(corpus.model_names), 0), np.float32)
@@ -100,66 +102,47 @@ def feature_sizes(
 
 
 # --- model, optimizer, step ---------------------------------------------------------------------
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with linear warm-up then cosine (or constant) decay and global-norm clipping.
-    Weight decay applies to kernels and embedding tables, not to biases or the temperature."""
-    o = config.optim
-    steps = max(int(config.train.steps), 1)
-    warm = min(int(o.warmup_steps), steps - 1) if steps > 1 else 0
-    if o.decay == "cosine":
-        sched = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, max(warm, 1), steps,
-                                                   o.learning_rate * 0.05)  # fmt: skip
-        if warm == 0:
-            sched = optax.cosine_decay_schedule(o.learning_rate, steps, 0.05)
-    elif o.decay == "constant":
-        sched = (optax.linear_schedule(0.0, o.learning_rate, warm) if warm else
-                 optax.constant_schedule(o.learning_rate))  # fmt: skip
-        if warm:
-            sched = optax.join_schedules([sched, optax.constant_schedule(o.learning_rate)], [warm])
-    else:
-        raise ValueError(f"config optim.decay={o.decay!r}: expected cosine or constant")
-
-    def decay_mask(params):
-        return jax.tree_util.tree_map_with_path(lambda p, x: getattr(x, "ndim", 0) >= 2, params)
-
-    return optax.chain(
-        optax.clip_by_global_norm(o.clip_norm),
-        optax.adamw(sched, weight_decay=o.weight_decay, mask=decay_mask),
-    )
-
-
 def loss_weights(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
     """Loss weights as arrays (traced, so sweep points share one compiled step)."""
     w = config.loss.weights
     return {k: jnp.float32(w[k]) for k in ("listwise", "pairwise", "pointwise")}
 
 
-def make_train_step(graphdef, loss_cfg: ml_collections.ConfigDict):
-    """The pure step: (state, acc, batch, weights, base_key) -> (state, acc)."""
+def make_train_step(graphdef, config: ml_collections.ConfigDict):
+    """The pure step: (state, acc, batch, weights, base_key, rates=None) -> (state, acc).
+
+    ``weights`` (loss weights) and ``rates`` (dropout / ID-dropout overrides) are arrays, so
+    sweep points share one compiled step and ``jax.vmap`` trains several members at once."""
+    loss_cfg = config.loss
     pl_reduction, pl_ties = str(loss_cfg.pl_reduction), str(loss_cfg.pl_ties)
     bpr_weighting, cap = str(loss_cfg.bpr_weighting), float(loss_cfg.bpr_weight_cap)
+    sparse = bool(config.optim.sparse_embeddings)
 
-    def step(state, acc, batch, weights, base_key):
+    def step(state, acc, batch, weights, base_key, rates=None):
         model, opt = nnx.merge(graphdef, state)
         key = jax.random.fold_in(base_key, opt.step[...])
 
-        def loss_fn(model):
-            out = model(batch, train=True, key=key)
-            total, comps = losses.ranking_loss(
+        def loss_fn(model, batch):
+            out = model(batch, train=True, key=key, rates=rates)
+            return losses.ranking_loss(
                 out["score"], out["z_hat"], batch, weights=weights, pl_reduction=pl_reduction,
                 pl_ties=pl_ties, bpr_weighting=bpr_weighting, bpr_weight_cap=cap,
             )  # fmt: skip
-            return total, comps
 
-        (loss, comps), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        opt.update(model, grads)
+        if sparse:
+            loss, comps, grad_norm = optim.sparse_update(model, opt, batch, loss_fn, config)
+        else:
+            (loss, comps), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch)
+            opt.update(model, grads)
+            grad_norm = optax.tree.norm(grads)
         new = {
             **comps,
             "loss_sum": loss,
             "loss_count": jnp.float32(1),
-            "grad_norm_sum": optax.global_norm(grads),
+            "grad_norm_sum": grad_norm,
             "records": jnp.sum(batch["mask"]).astype(jnp.float32),
-            "nonfinite": (~jnp.isfinite(loss)).astype(jnp.float32),
+            # A finite loss with non-finite gradients still poisons the parameters.
+            "nonfinite": (~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))).astype(jnp.float32),
             "steps": jnp.float32(1),
         }
         acc = {k: acc[k] + jnp.asarray(v, jnp.float32) for k, v in new.items()}
@@ -233,8 +216,35 @@ class TrainResult:
     compiles: int
 
 
-def _acc_zeros(keys) -> dict[str, jax.Array]:
+ACC_KEYS = ("loss_sum", "loss_count", "grad_norm_sum", "records", "nonfinite", "steps",
+            "listwise_sum", "listwise_count", "pairwise_sum", "pairwise_count",
+            "pointwise_sum", "pointwise_count")  # fmt: skip
+
+
+def _acc_zeros(keys=ACC_KEYS) -> dict[str, jax.Array]:
     return {k: jnp.zeros((), jnp.float32) for k in keys}
+
+
+def abstract_state(config: ml_collections.ConfigDict, sizes: FeatureSizes, mesh: jax.sharding.Mesh):
+    """(graphdef, abstract state bound to its shardings on ``mesh``): the model and optimizer
+    as ``optim.create`` builds them, without allocating (restore targets for evaluate/export)."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: optim.create(config, sizes)))
+    return graphdef, checkpointing.abstract_like(abstract, sharding.state_shardings(abstract, mesh))
+
+
+def init_state(config: ml_collections.ConfigDict, sizes: FeatureSizes, mesh: jax.sharding.Mesh):
+    """(graphdef, state, state shardings): the model and optimizer built abstractly, then created
+    by one jitted function straight into their shardings (no per-op eager compiles, no
+    single-device copy of a large table)."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: optim.create(config, sizes)))
+    state_sh = sharding.state_shardings(abstract, mesh)
+    state = jax.jit(lambda: nnx.split(optim.create(config, sizes))[1], out_shardings=state_sh)()
+    return graphdef, state, state_sh
+
+
+def _host_scores(x: jax.Array) -> np.ndarray:
+    """A replicated (possibly multi-process) array as numpy: every process holds it whole."""
+    return np.asarray(x.addressable_data(0))
 
 
 def train_and_evaluate(
@@ -262,26 +272,36 @@ def train_and_evaluate(
         )
     L = int(config.input.list_size)
     num_models = int(config.input.max_models_per_batch) or rows * L
-    if num_models % n_data:
-        raise ValueError(f"input.max_models_per_batch={num_models} must divide by {n_data}")
+    if num_models % n_data or num_models % n_proc:
+        raise ValueError(
+            f"input.max_models_per_batch={num_models} must divide by the mesh data axis "
+            f"({n_data}) and the process count ({n_proc})"
+        )
+    # Where this process's rows sit in the global batch (the models/groups blocks are the
+    # concatenation of the process-local blocks in this order; slot offsets follow it).
+    block, _ = sharding.process_block(mesh, rows)
+    say(f"mesh {dict(mesh.shape)} on {mesh.devices.size} of {jax.device_count()} devices, "
+        f"{n_proc} process(es)")  # fmt: skip
 
     # --- model and optimizer ---------------------------------------------------------------
-    model = Scorer(config.model, sizes, rngs=nnx.Rngs(int(config.seed)))
-    opt = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, opt))
-    del model, opt
-    state_sh = sharding.state_shardings(state, mesh)
-    state = jax.device_put(state, state_sh)
+    graphdef, state, state_sh = init_state(config, sizes, mesh)
 
     # --- data stream -----------------------------------------------------------------------
+    max_groups = int(config.input.get("max_groups_per_batch", 0))
+    if max_groups % n_proc:
+        raise ValueError(
+            f"input.max_groups_per_batch={max_groups} must divide by the process count {n_proc}"
+        )
     ds, _ = pipeline.train_dataset(
         tables, rows=rows // n_proc, list_size=L, pack=bool(config.input.pack),
         seed=int(config.seed), process_index=jax.process_index(), process_count=n_proc,
-        num_models=num_models // n_proc, worker_count=int(config.input.worker_count),
+        num_models=num_models // n_proc, num_groups=max_groups // n_proc,
+        worker_count=int(config.input.worker_count), slot_block=block,
     )  # fmt: skip
     it = iter(ds)
 
     # --- restore -------------------------------------------------------------------------
+    config_json = config.to_json_best_effort()
     meta = {
         "config_hash": config_hash(config),
         "corpus_fingerprint": corpus.fingerprint,
@@ -292,24 +312,33 @@ def train_and_evaluate(
         workdir / "checkpoints", keep_latest=int(config.train.keep_latest),
         keep_best=int(config.train.keep_best), judge="judge",
     )  # fmt: skip
-    restored = ckpt.restore(checkpointing.abstract_like(state, state_sh), meta)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    evals_since_best = 0
     start = 0
+    try:
+        restored = ckpt.restore(
+            checkpointing.abstract_like(state, state_sh), meta, config_json=config_json, say=say
+        )
+    except BaseException:
+        ckpt.close()
+        raise
     if restored is not None:
-        start, state, data_state, _ = restored
+        start, state, data_state, saved = restored
         it.set_state(data_state)
+        loop = saved.get("loop") or {}
+        best, evals_since_best = loop.get("best"), int(loop.get("evals_since_best", 0))
         say(f"resumed from step {start} ({workdir / 'checkpoints'})")
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
 
     # --- step ------------------------------------------------------------------------------
     weights = loss_weights(config)
     base_key = jax.random.key(int(config.seed))
-    acc_keys = ("loss_sum", "loss_count", "grad_norm_sum", "records", "nonfinite", "steps",
-                "listwise_sum", "listwise_count", "pairwise_sum", "pairwise_count",
-                "pointwise_sum", "pointwise_count")  # fmt: skip
     repl = sharding.replicated(mesh)
     batch_sh = sharding.batch_sharding(mesh)
     step_fn = jax.jit(
-        make_train_step(graphdef, config.loss),
+        make_train_step(graphdef, config),
         in_shardings=(state_sh, repl, batch_sh, repl, repl),
         out_shardings=(state_sh, repl),
         donate_argnums=(0, 1),
@@ -317,20 +346,32 @@ def train_and_evaluate(
     score_fn = jax.jit(make_score_fn(graphdef), in_shardings=(state_sh, repl), out_shardings=repl)
 
     def model_scorer(batch):
-        return score_fn(state, sharding.to_replicated(batch, mesh))
+        return _host_scores(score_fn(state, sharding.to_replicated(batch, mesh)))
 
+    def save(step: int, metrics: dict[str, float] | None) -> None:
+        finite, checksums = checkpointing.state_audit(state)
+        if not finite:  # never write a poisoned state: the last good checkpoint stays newest
+            raise TrainingDiverged(
+                f"non-finite parameters at step {step}; not saved. The last good checkpoint "
+                f"({ckpt.steps()[-1:] or 'none'}) is intact."
+            )
+        loop = {"best": best, "evals_since_best": evals_since_best}
+        ckpt.save(step, state, last_data_state, {
+            **meta, "step": step, "mesh": dict(mesh.shape), "config": config_json,
+            "loop": json.loads(json.dumps(loop, default=float)), "checksums": checksums,
+        }, None if metrics is None else {**metrics, "step": step})  # fmt: skip
+
+    logging.getLogger("tensorboardX").setLevel(logging.WARNING)  # tag-renaming chatter
     writer = MetricWriter(workdir)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    evals_since_best = 0
     total = int(config.train.steps)
     end = total if stop_after is None else min(total, start + stop_after)
     prefetch = DevicePrefetch(it, mesh, int(config.input.prefetch))
-    acc = jax.device_put(_acc_zeros(acc_keys), repl)
-    last_state = None
+    acc = jax.device_put(_acc_zeros(), repl)
+    last_data_state = None
     t_window, wait_window, fill_real, fill_all = time.perf_counter(), 0.0, 0, 0
     t_start = time.perf_counter()
     compiles_after_warmup = None
+    final_step = start
     try:
         for step in range(start + 1, end + 1):
             t0 = time.perf_counter()
@@ -338,7 +379,7 @@ def train_and_evaluate(
             wait_window += time.perf_counter() - t0
             fill_real, fill_all = fill_real + n_real, fill_all + n_all
             state, acc = step_fn(state, acc, batch, weights, base_key)
-            last_state = data_state
+            last_data_state = data_state
             if step == start + 1:
                 compiles_after_warmup = step_fn._cache_size()
             log_now = step % int(config.train.log_every) == 0 or step == end
@@ -348,12 +389,14 @@ def train_and_evaluate(
                 continue
             # --- host sync point: read accumulated sums ----------------------------------
             a = jax.device_get(acc)
-            acc = jax.device_put(_acc_zeros(acc_keys), repl)
+            acc = jax.device_put(_acc_zeros(), repl)
             if a["nonfinite"] > 0:
                 raise TrainingDiverged(
-                    f"non-finite loss in the {int(a['steps'])} steps ending at step {step}; "
-                    f"stopping. The last good checkpoint ({ckpt.steps()[-1:] or 'none'}) is intact."
+                    f"non-finite loss or gradients in the {int(a['steps'])} steps ending at step "
+                    f"{step}; stopping. The last good checkpoint "
+                    f"({ckpt.steps()[-1:] or 'none'}) is intact."
                 )
+            final_step = step
             now = time.perf_counter()
             dt = now - t_window
             n_steps = max(a["steps"], 1)
@@ -368,7 +411,6 @@ def train_and_evaluate(
             }
             for k in ("listwise", "pairwise", "pointwise"):
                 row[f"loss_{k}"] = a[f"{k}_sum"] / max(a[f"{k}_count"], 1)
-            t_window, wait_window, fill_real, fill_all = now, 0.0, 0, 0
             eta = (now - t_start) / max(step - start, 1) * (total - step)
             say(f"step {step}/{total} loss {row['loss']:.4f} (list {row['loss_listwise']:.3f} "
                 f"pair {row['loss_pairwise']:.3f} point {row['loss_pointwise']:.3f}) "
@@ -386,24 +428,25 @@ def train_and_evaluate(
                 say(f"  val {config.train.judge}: " + "  ".join(
                     f"{s} {r[config.train.judge]:.4f}" for s, r in res.items()) + f"  mean {judge:.4f}")  # fmt: skip
                 metrics_for_ckpt = {"judge": judge}
-                if best is None or judge > best["judge"]:
+                # NaN (no scorable group) never counts as best, and never blocks a later one.
+                if best is None or (np.isfinite(judge) and not judge <= best["judge"]):
                     best, evals_since_best = {"step": step, "judge": judge, "val": res}, 0
                 else:
                     evals_since_best += 1
-            if ckpt_now:
-                ckpt.save(step, state, last_state, {**meta, "step": step,
-                          "mesh": dict(mesh.shape), "config": config.to_json_best_effort()},
-                          metrics_for_ckpt)  # fmt: skip
             patience = int(config.train.early_stop_patience)
-            if patience and evals_since_best >= patience:
-                say(f"early stop at step {step}: no improvement in {patience} evaluations")
-                if not ckpt_now:
-                    ckpt.save(step, state, last_state, {**meta, "step": step}, None)
+            stop_early = bool(patience) and evals_since_best >= patience
+            if ckpt_now or stop_early:
+                save(step, metrics_for_ckpt)
+            # The timing window restarts after the host work (eval, checkpoint) so that
+            # records/s and data-wait measure training steps only.
+            t_window, wait_window, fill_real, fill_all = time.perf_counter(), 0.0, 0, 0
+            if stop_early:
+                say(f"early stop at step {step}: no improvement in {patience} evaluations "
+                    f"(best {best['judge']:.4f} at step {best['step']})")  # fmt: skip
                 break
-        final_step = step if end > start else start
     finally:
         prefetch.close()
-        ckpt.close()
+        ckpt.close()  # waits for async saves: the next run sees every checkpoint
         writer.close()
     compiles = step_fn._cache_size()
     if compiles_after_warmup is not None and compiles != compiles_after_warmup:
@@ -415,19 +458,8 @@ def train_and_evaluate(
 
 
 # --- command --------------------------------------------------------------------------------
-def main(argv):
-    del argv
-    from absl import flags
-
-    config = flags.FLAGS["config"].value
-    workdir = flags.FLAGS["workdir"].value
-    from modellens_jax import distributed
-
-    distributed.initialize_from_flags()
-    train_and_evaluate(config, workdir)
-
-
-if __name__ == "__main__":
+def define_flags() -> None:
+    """The command's flags: ``--config`` (+ overrides), ``--workdir`` and the distributed ones."""
     from absl import flags
 
     from modellens_jax import cli, distributed
@@ -437,4 +469,27 @@ if __name__ == "__main__":
         "workdir", None, "Run directory (checkpoints, metrics, corpus).", required=True
     )
     distributed.define_flags()
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    from modellens_jax import distributed
+
+    distributed.initialize_from_flags()
+    config = flags.FLAGS["config"].value
+    workdir = flags.FLAGS["workdir"].value
+    try:
+        train_and_evaluate(config, workdir)
+    except (TrainingDiverged, checkpointing.CheckpointMismatch,
+            checkpointing.CheckpointCorrupted) as e:  # fmt: skip
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 3
+
+
+if __name__ == "__main__":
+    from modellens_jax import cli
+
+    define_flags()
     cli.run(main)

@@ -116,20 +116,41 @@ class TrainLists:
 
 # --- packing ------------------------------------------------------------------------------------
 def pack_rows(
-    items: list[np.ndarray], rows: int, list_size: int, pack: bool
+    items: list[np.ndarray],
+    rows: int,
+    list_size: int,
+    pack: bool,
+    *,
+    item_models: list[np.ndarray] | None = None,
+    max_models: int = 0,
+    max_lists: int = 0,
 ) -> tuple[list[list[int]], list[int]]:
     """First-fit decreasing of items into ``rows`` bins of ``list_size``; returns per-row item
-    indices and the indices left over. Without packing, one item per row."""
+    indices and the indices left over. Without packing, one item per row. ``max_lists`` bounds
+    the lists of a batch and ``max_models`` its distinct models (the batch's group and model
+    blocks); items that would exceed a budget wait for the next batch."""
     order = sorted(range(len(items)), key=lambda i: (-len(items[i]), i))
     free = [list_size] * rows
     placed: list[list[int]] = [[] for _ in range(rows)]
     left = []
+    seen: set[int] = set()
+    n_lists = 0
     for i in order:
         n = len(items[i])
+        new: set[int] = set()
+        if max_models and item_models is not None:
+            new = set(item_models[i].tolist()) - seen
+        if (max_lists and n_lists >= max_lists) or (
+            max_models and len(seen) + len(new) > max_models
+        ):
+            left.append(i)
+            continue
         for r in range(rows):
             if free[r] >= n and (pack or not placed[r]):
                 placed[r].append(i)
                 free[r] -= n
+                n_lists += 1
+                seen |= new
                 break
         else:
             left.append(i)
@@ -140,10 +161,12 @@ class PackLists(grain.IterDataset):
     """Packs a stream of lists into batches of ``rows`` rows (lists of lists of record indices)."""
 
     def __init__(self, parent: grain.IterDataset, *, rows: int, list_size: int, pack: bool,
-                 pool: int = 0):  # fmt: skip
+                 pool: int = 0, rec_model: np.ndarray | None = None, max_models: int = 0,
+                 max_lists: int = 0):  # fmt: skip
         super().__init__(parent)
         self.rows, self.list_size, self.pack = rows, list_size, pack
         self.pool = pool or (3 * rows if pack else rows)
+        self.rec_model, self.max_models, self.max_lists = rec_model, max_models, max_lists
 
     def __iter__(self) -> _PackIterator:
         return _PackIterator(self._parent.__iter__(), self)
@@ -161,7 +184,12 @@ class _PackIterator(grain.DatasetIterator):
     def __next__(self) -> list[list[np.ndarray]]:
         while len(self.pending) < self.cfg.pool:
             self.pending.append(np.asarray(next(self._parent)))
-        placed, left = pack_rows(self.pending, self.cfg.rows, self.cfg.list_size, self.cfg.pack)
+        cfg = self.cfg
+        models = None if cfg.rec_model is None else [cfg.rec_model[x] for x in self.pending]
+        placed, left = pack_rows(
+            self.pending, cfg.rows, cfg.list_size, cfg.pack, item_models=models,
+            max_models=cfg.max_models, max_lists=cfg.max_lists,
+        )  # fmt: skip
         out = [[self.pending[i] for i in row] for row in placed]
         self.pending = [self.pending[i] for i in left]
         return out
@@ -215,6 +243,8 @@ class Featurize(grain.transforms.Map):
         self.rows, self.list_size = rows, list_size
         self.num_models = num_models or rows * list_size
         self.num_groups = num_groups or max(1, rows * list_size // 2)
+        if self.num_groups < rows:
+            raise ValueError(f"input.max_groups_per_batch={num_groups} < rows={rows}")
         self.slot_offset = slot_offset
 
     def map(self, batch_rows: Sequence[Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
@@ -276,6 +306,7 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     num_models: int = 0,
+    num_groups: int = 0,
     worker_count: int = 0,
     slot_block: int | None = None,
 ) -> tuple[grain.IterDataset, TrainLists]:
@@ -287,9 +318,18 @@ def train_dataset(
     process-local blocks concatenated in mesh order: ``slot_block`` is this process's position
     there (``sharding.process_block``; default ``process_index``)."""
     src = TrainLists(tables.corpus, list_size=list_size, seed=seed)
-    ds = grain.MapDataset.source(src)[process_index::process_count].to_iter_dataset()
-    ds = PackLists(ds, rows=rows, list_size=list_size, pack=pack)
-    feat = Featurize(tables, rows=rows, list_size=list_size, num_models=num_models)
+    # No read threads: an element is a slice of an in-memory index array (microseconds), and
+    # grain's default thread pool (16 threads, 500-element buffer, whose depth it re-measures
+    # per element) cost ~6x the pipeline's own CPU. The loop's DevicePrefetch thread already
+    # overlaps the whole pipeline with the step.
+    ds = grain.MapDataset.source(src)[process_index::process_count].to_iter_dataset(
+        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    )
+    num_groups = num_groups or (min(4 * rows, rows * list_size // 2) if pack else rows)
+    feat = Featurize(tables, rows=rows, list_size=list_size, num_models=num_models,
+                     num_groups=num_groups)  # fmt: skip
+    ds = PackLists(ds, rows=rows, list_size=list_size, pack=pack, rec_model=tables.rec_model,
+                   max_models=feat.num_models, max_lists=feat.num_groups)  # fmt: skip
     blk = process_index if slot_block is None else int(slot_block)
     feat.slot_offset = (blk * feat.num_models, blk * feat.num_groups)
     ds = ds.map(feat)
@@ -319,7 +359,7 @@ def eval_batches(
         by_bucket.setdefault(bucket_size(len(x), min_list), []).append(i)
     for L in sorted(by_bucket):
         R = max(1, slots_per_batch // L)
-        feat = Featurize(tables, rows=R, list_size=L)
+        feat = Featurize(tables, rows=R, list_size=L, num_groups=R)
         idx = by_bucket[L]
         for a in range(0, len(idx), R):
             chunk = idx[a : a + R]

@@ -1,0 +1,179 @@
+"""Vectorised sweeps: N sweep points that differ only in loss weights and dropout rates, trained
+as ONE jitted program.
+
+``python -m modellens_jax.members --config=configs/default.py --workdir=ROOT
+--members='[{"loss.weights.pairwise": 0.5, "model.dropout": 0.1}, ...]'``
+
+Parameters and optimizer state get a leading member axis; the step is the ordinary train step
+under ``jax.vmap`` with per-member loss weights and dropout rates passed as arrays (the scorer
+takes rates per call), and every member sees the same batches and the same dropout keys as its
+separate run would. At the end each member is written as an ordinary run directory
+(``ROOT/<name>/``: config.json, corpus link, checkpoints, train_summary.json), so ``evaluate``,
+``export`` and the sweep aggregation treat it like any other run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from modellens_jax import checkpointing, evaluate, optim, sharding, train
+from modellens_jax.data import pipeline, splits
+
+WEIGHT_KEYS = {f"loss.weights.{k}": k for k in ("listwise", "pairwise", "pointwise")}
+RATE_KEYS = {f"model.{k}": k for k in ("dropout", "model_id_dropout", "dataset_id_dropout")}
+MEMBER_KEYS = frozenset(WEIGHT_KEYS) | frozenset(RATE_KEYS)
+
+
+def _strip(key: str) -> str:
+    return key.removeprefix("config.")
+
+
+def member_config(config: ml_collections.ConfigDict, overrides: dict[str, Any]):
+    """``config`` with one member's overrides applied (what its separate run would use)."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    for k, v in overrides.items():
+        k = _strip(k)
+        if k not in MEMBER_KEYS:
+            raise ValueError(
+                f"member key {k!r} cannot be vectorised (only {sorted(MEMBER_KEYS)}); "
+                "run that sweep point as a separate job"
+            )
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = type(node[last])(v)
+    return c
+
+
+def member_name(overrides: dict[str, Any]) -> str:
+    return ",".join(f"{_strip(k).rsplit('.', 1)[-1]}={v}" for k, v in overrides.items()) or "base"
+
+
+def member_arrays(configs: list[ml_collections.ConfigDict]) -> tuple[dict, dict]:
+    """Per-member loss weights and rates as [N] float32 arrays."""
+    weights = {
+        k: jnp.asarray([float(c.loss.weights[k]) for c in configs], jnp.float32)
+        for k in WEIGHT_KEYS.values()
+    }
+    rates = {
+        k: jnp.asarray([float(c.model[k]) for c in configs], jnp.float32)
+        for k in RATE_KEYS.values()
+    }
+    return weights, rates
+
+
+def train_members(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    members: list[dict[str, Any]],
+    *,
+    verbose: bool = True,
+) -> list[Any]:
+    """Trains every member for ``config.train.steps`` in one program; returns their states."""
+    root = Path(workdir)
+    say = print if (verbose and jax.process_index() == 0) else (lambda *a, **k: None)
+    configs = [member_config(config, m) for m in members]
+    n = len(configs)
+    corpus, tables = train.load_data(config, root, verbose=verbose)
+    sizes = train.feature_sizes(config, tables)
+    mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.model))
+    rows, L = int(config.input.groups_per_batch), int(config.input.list_size)
+
+    model, opt = optim.create(config, sizes)
+    graphdef, state = nnx.split((model, opt))
+    del model, opt
+    stacked = jax.tree.map(lambda x: jnp.stack([x] * n), state)
+    state_sh = jax.tree.map(lambda _: sharding.replicated(mesh), stacked)
+    stacked = jax.device_put(stacked, state_sh)
+    weights, rates = member_arrays(configs)
+
+    ds, _ = pipeline.train_dataset(
+        tables, rows=rows, list_size=L, pack=bool(config.input.pack), seed=int(config.seed),
+        num_models=int(config.input.max_models_per_batch),
+        num_groups=int(config.input.max_groups_per_batch),
+    )  # fmt: skip
+    prefetch = train.DevicePrefetch(iter(ds), mesh, int(config.input.prefetch))
+    step = train.make_train_step(graphdef, config)
+    vstep = jax.jit(
+        jax.vmap(step, in_axes=(0, 0, None, 0, None, 0)),
+        in_shardings=(state_sh, None, sharding.batch_sharding(mesh), None, None, None),
+        donate_argnums=(0, 1),
+    )
+    acc = jax.tree.map(lambda x: jnp.stack([x] * n), train._acc_zeros())
+    base_key = jax.random.key(int(config.seed))
+    total = int(config.train.steps)
+    t0 = time.perf_counter()
+    try:
+        for s in range(1, total + 1):
+            batch, data_state, *_ = prefetch.next()
+            stacked, acc = vstep(stacked, acc, batch, weights, base_key, rates)
+            if s % int(config.train.log_every) == 0 or s == total:
+                a = jax.device_get(acc)
+                losses = a["loss_sum"] / np.maximum(a["steps"], 1)
+                say(f"step {s}/{total} member losses {np.round(losses, 4).tolist()} "
+                    f"{s / (time.perf_counter() - t0):.2f} steps/s")  # fmt: skip
+                acc = jax.tree.map(jnp.zeros_like, acc)
+    finally:
+        prefetch.close()
+
+    states = [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]
+    for cfg, overrides, st in zip(configs, members, states):
+        _write_member(cfg, root / member_name(overrides), corpus, tables, graphdef, st,
+                      data_state, total, mesh)  # fmt: skip
+    return states
+
+
+def _write_member(cfg, wd: Path, corpus, tables, graphdef, state, data_state, step, mesh):
+    """One member as an ordinary run directory (checkpoint, config, validation summary)."""
+    wd.mkdir(parents=True, exist_ok=True)
+    if not (wd / "corpus").exists():
+        os.symlink(Path(corpus.dir).absolute(), wd / "corpus")
+    (wd / "config.json").write_text(cfg.to_json_best_effort(indent=1))
+    scorer = evaluate.ModelScorer(graphdef, state, mesh)
+    res = evaluate.evaluate_settings(scorer, tables, splits.VAL)
+    judge = evaluate.judge_value(res, str(cfg.train.judge))
+    meta = {"config_hash": train.config_hash(cfg), "corpus_fingerprint": corpus.fingerprint,
+            "process_count": jax.process_count(), "worker_count": int(cfg.input.worker_count),
+            "step": step, "mesh": dict(mesh.shape), "config": cfg.to_json_best_effort()}  # fmt: skip
+    ckpt = checkpointing.Checkpointer(wd / "checkpoints", keep_latest=1, keep_best=1,
+                                      judge="judge")  # fmt: skip
+    try:
+        ckpt.save(step, state, data_state, meta, {"judge": judge})
+    finally:
+        ckpt.close()
+    summary = {"step": step, "best": {"step": step, "judge": judge, "val": res},
+               "vectorised": True}  # fmt: skip
+    (wd / "train_summary.json").write_text(json.dumps(summary, indent=1, default=float))
+
+
+def main(argv) -> None:
+    del argv
+    from absl import flags
+
+    f = flags.FLAGS
+    members = json.loads(f.members)
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        raise ValueError("--members must be a JSON list of objects {config key: value}")
+    train_members(f["config"].value, f.workdir, members)
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    from modellens_jax import cli
+
+    cli.define_config_flag()
+    flags.DEFINE_string("workdir", None, "Sweep root; members go to ROOT/<name>.", required=True)
+    flags.DEFINE_string("members", None, "JSON list of {config key: value}.", required=True)
+    cli.run(main)
