@@ -78,9 +78,14 @@ def train_members(
     workdir: str | os.PathLike,
     members: list[dict[str, Any]],
     *,
+    names: list[str] | None = None,
     verbose: bool = True,
 ) -> list[Any]:
-    """Trains every member for ``config.train.steps`` in one program; returns their states."""
+    """Trains every member for ``config.train.steps`` in one program; returns their states.
+    Member ``i`` is written to ``ROOT/names[i]`` (default: ``member_name(members[i])``)."""
+    names = names or [member_name(m) for m in members]
+    if len(names) != len(members) or len(set(names)) != len(names):
+        raise ValueError(f"--names must give {len(members)} distinct names, got {names}")
     root = Path(workdir)
     say = print if (verbose and jax.process_index() == 0) else (lambda *a, **k: None)
     configs = [member_config(config, m) for m in members]
@@ -128,9 +133,8 @@ def train_members(
         prefetch.close()
 
     states = [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]
-    for cfg, overrides, st in zip(configs, members, states):
-        _write_member(cfg, root / member_name(overrides), corpus, tables, graphdef, st,
-                      data_state, total, mesh)  # fmt: skip
+    for cfg, name, st in zip(configs, names, states):
+        _write_member(cfg, root / name, corpus, tables, graphdef, st, data_state, total, mesh)
     return states
 
 
@@ -165,7 +169,8 @@ def main(argv) -> None:
     members = json.loads(f.members)
     if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
         raise ValueError("--members must be a JSON list of objects {config key: value}")
-    train_members(f["config"].value, f.workdir, members)
+    names = json.loads(f.names) if f.names else None
+    train_members(f["config"].value, f.workdir, members, names=names)
 
 
 if __name__ == "__main__":
@@ -176,4 +181,5 @@ if __name__ == "__main__":
     cli.define_config_flag()
     flags.DEFINE_string("workdir", None, "Sweep root; members go to ROOT/<name>.", required=True)
     flags.DEFINE_string("members", None, "JSON list of {config key: value}.", required=True)
+    flags.DEFINE_string("names", None, "JSON list of member directory names (default: derived).")
     cli.run(main)
