@@ -110,6 +110,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.train.steps = 2000
     c.train.log_every = 50
     c.train.eval_every = 250
+    c.train.eval_at_start = True  # validate the untrained model (the curve's first point)
     c.train.checkpoint_every = 250
     c.train.keep_latest = 2
     c.train.keep_best = 1
@@ -150,6 +151,7 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
             c.train.steps = 6
             c.train.log_every = 2
             c.train.eval_every = 3
+            c.train.eval_at_start = False
             c.train.checkpoint_every = 3
         else:
             raise ValueError(f"unknown preset {name!r}: expected paper, reference or tiny")

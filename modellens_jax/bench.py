@@ -1,5 +1,5 @@
-"""``python -m modellens_jax.bench [--preset=paper|default] [--steps=N]``: one JSON line of
-training and scoring throughput through the real pipeline and the real jitted step.
+"""``python -m modellens_jax.bench [--preset=paper|default] [--steps=N] [--members=N]``: one JSON
+line of training and scoring throughput through the real pipeline and the real jitted step.
 
 paper    a synthetic corpus at the paper's scale and shape (47K models, 9.6K groups, 1.59M
          records, heavy-tailed groups; cached under ~/.cache/modellens_jax/bench) and the
@@ -9,6 +9,15 @@ default  the shipped corpus with configs/default.py
 Records/s counts real records passed through the scorer (padding excluded), once per forward
 pass. FLOPs come from XLA's cost analysis of the compiled step; the peak is the device's
 nominal dense peak (a measured matmul peak on CPU).
+
+``--members=N`` adds the vectorised-sweep comparison (``modellens_jax.members``): the train step
+under ``jax.vmap`` over N members (per-member loss weights and dropout rates as arrays, stacked
+parameters and optimizer state) against the single step exactly as ``train.py`` runs it, both on
+the same ``--steps`` batches already on the device (no input pipeline in either timing), in
+alternating rounds (``--member_rounds``; the fastest round of each counts, which damps the noise
+of a shared machine). ``member_records_per_s`` is N x real records per second of the vmapped
+step, ``single_records_per_s`` real records per second of the single step, and ``speedup`` their
+ratio: training the N members together is faster than N separate runs when it is above 1.
 """
 
 from __future__ import annotations
@@ -34,6 +43,12 @@ _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps (after warm-up).")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Warm-up steps (compile + first runs).")
 _CACHE = flags.DEFINE_string(
     "cache", os.path.expanduser("~/.cache/modellens_jax/bench"), "Synthetic corpus cache."
+)
+_MEMBERS = flags.DEFINE_integer(
+    "members", 0, "Also time the vectorised step over N sweep members vs the single step (0: off)."
+)
+_MEMBER_ROUNDS = flags.DEFINE_integer(
+    "member_rounds", 2, "Alternating single/vectorised timing rounds for --members."
 )
 _CONFIG = cli.define_config_flag()
 
@@ -87,7 +102,7 @@ def load_tables(preset: str, config) -> pipeline.FeatureTables:
     return train.load_data(config, work, verbose=False)[1]
 
 
-def run(preset: str, config, steps: int, warmup: int) -> dict:
+def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds: int = 2) -> dict:
     tables = load_tables(preset, config)
     sizes = train.feature_sizes(config, tables)
     mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.model))
@@ -134,6 +149,7 @@ def run(preset: str, config, steps: int, warmup: int) -> dict:
         times.append(time.perf_counter() - t0)
         real, slots = real + n_real, slots + n_all
     wall = time.perf_counter() - t_start
+    member_batches = [prefetch.next() for _ in range(steps)] if n_members > 0 else []
     prefetch.close()
     host_s = prefetch.host_seconds - host0
     peak, peak_src = device_peak(str(config.model.compute_dtype))
@@ -165,8 +181,87 @@ def run(preset: str, config, steps: int, warmup: int) -> dict:
         "loss_finite": bool(a["nonfinite"] == 0),
         "compute_dtype": str(config.model.compute_dtype),
     }
+    if n_members > 0:
+        batches = [(b, n_real) for b, _, n_real, _ in member_batches]
+        res, state = members_throughput(config, graphdef, state, step_fn, mesh, batches,
+                                        n_members, rounds)  # fmt: skip
+        out.update(res)
     out.update(scoring_latency(graphdef, state, tables, n_candidates=47_000))
     return out
+
+
+def member_overrides(config, n: int) -> list[dict]:
+    """N distinct sweep points over vectorisable keys (pairwise weight x dropout rate)."""
+    d0 = float(config.model.dropout)
+    return [
+        {"loss.weights.pairwise": round(i / max(n - 1, 1), 4),
+         "model.dropout": d0 if i % 2 == 0 else min(d0 + 0.1, 0.5)}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def members_throughput(config, graphdef, state, step_fn, mesh, batches, n: int, rounds: int):
+    """Vectorised step over ``n`` members (as ``members.train_members`` builds it) vs the single
+    step ``step_fn`` (as ``train.py`` runs it), on the same device-resident ``batches``; returns
+    (the result fields, the single run's state)."""
+    from modellens_jax import members
+
+    configs = [members.member_config(config, m) for m in member_overrides(config, n)]
+    weights, rates = members.member_arrays(configs)
+    repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    stacked = jax.tree.map(lambda x: jnp.stack([x] * n), state)
+    vstate_sh = jax.tree.map(lambda _: repl, stacked)
+    stacked = jax.device_put(stacked, vstate_sh)
+    step = train.make_train_step(graphdef, config)
+    vstep = jax.jit(jax.vmap(step, in_axes=(0, 0, None, 0, None, 0)),
+                    in_shardings=(vstate_sh, None, bsh, None, None, None),
+                    donate_argnums=(0, 1))  # fmt: skip
+    vacc = jax.tree.map(lambda x: jnp.stack([x] * n), train._acc_zeros())
+    w1, key = train.loss_weights(config), jax.random.key(0)
+    acc = jax.device_put(train._acc_zeros(), repl)
+    b0 = batches[0][0]
+    t0 = time.perf_counter()
+    vcompiled = vstep.lower(stacked, vacc, b0, weights, key, rates).compile()
+    vcompile_s = time.perf_counter() - t0
+    vcost = vcompiled.cost_analysis()
+    vcost = vcost[0] if isinstance(vcost, list) else vcost
+    vflops = float(vcost.get("flops", 0.0)) if vcost else 0.0
+    # warm-up both (the single step is compiled already)
+    stacked, vacc = vstep(stacked, vacc, b0, weights, key, rates)
+    state, acc = step_fn(state, acc, b0, w1, key)
+    jax.block_until_ready((vacc, acc))
+    real = sum(r for _, r in batches)
+    single_t, member_t = [], []
+    for _ in range(max(1, rounds)):
+        t0 = time.perf_counter()
+        for b, _ in batches:
+            state, acc = step_fn(state, acc, b, w1, key)
+        jax.block_until_ready(acc)
+        single_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for b, _ in batches:
+            stacked, vacc = vstep(stacked, vacc, b, weights, key, rates)
+        jax.block_until_ready(vacc)
+        member_t.append(time.perf_counter() - t0)
+    va = jax.device_get(vacc)
+    single_rps = real / min(single_t)
+    member_rps = n * real / min(member_t)
+    result = {
+        "members": n,
+        "member_records_per_s": member_rps,
+        "single_records_per_s": single_rps,
+        "speedup": member_rps / single_rps,
+        "member_step_ms": 1e3 * min(member_t) / len(batches),
+        "single_step_ms": 1e3 * min(single_t) / len(batches),
+        "member_round_s": member_t,
+        "single_round_s": single_t,
+        "member_compile_s": vcompile_s,
+        "member_flops_per_step": vflops,
+        "member_state_bytes": int(sum(x.nbytes for x in jax.tree.leaves(stacked))),
+        "member_loss_finite": bool(np.all(va["nonfinite"] == 0)),
+        "member_compiles": vstep._cache_size(),
+    }
+    return result, state
 
 
 def scoring_latency(graphdef, state, tables: pipeline.FeatureTables, n_candidates: int) -> dict:
@@ -214,7 +309,8 @@ def scoring_latency(graphdef, state, tables: pipeline.FeatureTables, n_candidate
 def main(argv) -> None:
     del argv
     config = bench_config(_PRESET.value, _CONFIG.value)
-    res = run(_PRESET.value, config, _STEPS.value, _WARMUP.value)
+    res = run(_PRESET.value, config, _STEPS.value, _WARMUP.value, _MEMBERS.value,
+              _MEMBER_ROUNDS.value)  # fmt: skip
     print(json.dumps(res), flush=True)
     sys.stdout.flush()
 

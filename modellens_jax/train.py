@@ -372,6 +372,14 @@ def train_and_evaluate(
     t_start = time.perf_counter()
     compiles_after_warmup = None
     final_step = start
+    if start == 0 and bool(config.train.eval_at_start):  # the curve's starting point
+        res0 = evaluate.evaluate_settings(model_scorer, tables, splits.VAL)
+        judge0 = evaluate.judge_value(res0, str(config.train.judge))
+        writer.write(0, {"val/judge": judge0,
+                         **{f"val/{s}/{k}": v for s, r in res0.items() for k, v in r.items()}})  # fmt: skip
+        history.append({"step": 0, "judge": judge0})
+        say(f"  val {config.train.judge} before training: mean {judge0:.4f}")
+        t_window = t_start = time.perf_counter()
     try:
         for step in range(start + 1, end + 1):
             t0 = time.perf_counter()
