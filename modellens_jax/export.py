@@ -50,7 +50,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from modellens_jax import checkpointing, serve, sharding, train
+from modellens_jax import checkpointing, optim, serve, sharding, train
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import pipeline
 from modellens_jax.model import Scorer
@@ -261,7 +261,7 @@ def restore(workdir: str | os.PathLike, step: int | None = None) -> Restored:
     if restored is None:
         raise ExportError(f"{ckdir}: no checkpoint")
     step, state, _, meta = restored
-    model, _ = nnx.merge(graphdef, state)
+    model = optim.strip_lazy_moments(nnx.merge(graphdef, state)[0])
     summary = workdir / "train_summary.json"
     best = json.loads(summary.read_text()).get("best") if summary.is_file() else None
     return Restored(model, config, corpus, tables, int(step), meta, best)

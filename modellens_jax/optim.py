@@ -93,6 +93,16 @@ def create(
     return model, opt
 
 
+def strip_lazy_moments(model: Scorer) -> Scorer:
+    """Removes the sparse optimizer's moments from ``model`` (in place), leaving only what
+    inference and export need."""
+    for table in _tables(model).values():
+        for name in ("mu", "nu"):
+            if hasattr(table, name):
+                delattr(table, name)
+    return model
+
+
 def _unique_rows(ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(row ids [K], new ids shaped like ``ids``, valid [K]) with row 0 always at position 0;
     K = ids.size + 1 (fixed), unused positions repeat row 0 and are marked invalid."""

@@ -27,6 +27,16 @@ A run is finished when ``ROOT/<name>/train_summary.json`` records the configured
 The best validation metrics of every finished run go to ``ROOT/sweep.csv`` and ``ROOT/sweep.md``,
 and for a 2-D sweep a heat map of the judge metric to ``ROOT/sweep_heatmap.png`` (matplotlib,
 the ``plots`` extra).
+
+``--vectorize [--members-per-job=N]``: when every key the sweep varies is a loss weight or a dropout
+rate (``modellens_jax.members.MEMBER_KEYS``; keys set to one value everywhere may be anything),
+the unfinished runs are trained together as ONE ``python -m modellens_jax.members
+--config=FILE[:preset] --workdir=ROOT --members='[{...}, ...]' --names='[...]'`` job per group of
+up to N runs (default: all), one jitted program with a leading member axis. Each member is
+written as the ordinary run ``ROOT/<name>`` (the names are passed through), so skipping finished
+runs and the aggregation are unchanged. A members job does not resume: an interrupted one is
+trained again from the start. The job's output goes to ``ROOT/members-<hash>.log`` (each
+member's ``log.txt`` points there).
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from typing import Any
 Point = dict[str, Any]
 
 TRAIN_MODULE = "modellens_jax.train"
+MEMBERS_MODULE = "modellens_jax.members"
 SUMMARY = "train_summary.json"
 PID_FILE = "sweep.pid"
 LOG_FILE = "log.txt"
@@ -295,8 +306,38 @@ class Run:
     patience: int = 0
     eval_every: int = 0
 
+    module = TRAIN_MODULE
+
     def command(self, python: str = sys.executable) -> list[str]:
-        return [python, "-m", TRAIN_MODULE, *self.args]
+        return [python, "-m", self.module, *self.args]
+
+    # the job interface shared with MembersJob (what execute and the emitters use)
+    @property
+    def runs(self) -> list[Run]:
+        return [self]
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / LOG_FILE
+
+
+@dataclasses.dataclass
+class MembersJob:
+    """Runs trained together by one ``python -m modellens_jax.members`` job (``--vectorize``)."""
+
+    name: str  # members-<hash of the member names>: stable across re-runs of the sweep
+    runs: list[Run]
+    workdir: Path  # the sweep root (members go to ROOT/<name>)
+    args: list[str]  # everything after "python -m modellens_jax.members"
+
+    module = MEMBERS_MODULE
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        return [python, "-m", self.module, *self.args]
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
 
 
 def split_extra(extra: str | Sequence[str]) -> list[str]:
@@ -348,6 +389,80 @@ def plan(config_spec: str, root: str | os.PathLike, extra: str | Sequence[str] =
     return runs
 
 
+# --- vectorised sweeps -------------------------------------------------------------------------
+def member_keys() -> frozenset[str]:
+    """The vectorisable keys (``config.``-less), from ``modellens_jax.members`` (imports jax)."""
+    from modellens_jax import members
+
+    return frozenset(members.MEMBER_KEYS)
+
+
+_MISSING = object()
+
+
+def vectorisable_split(points: Sequence[Point], keys: frozenset[str]) -> tuple[list[str], Point]:
+    """(the varying keys, all vectorisable; the keys set to one value in every point). Raises a
+    SweepError naming the first key that varies and cannot be vectorised."""
+    all_keys = list(dict.fromkeys(k for p in points for k in p))
+    varying, fixed = [], {}
+    for k in all_keys:
+        values = [p.get(k, _MISSING) for p in points]
+        if all(v is not _MISSING for v in values) and all(_same(v, values[0]) for v in values):
+            fixed[k] = values[0]
+        elif k.removeprefix("config.") in keys:
+            varying.append(k)
+        else:
+            raise SweepError(
+                f"--vectorize: the sweep varies {k}, which cannot be vectorised (only "
+                f"{', '.join(sorted('config.' + x for x in keys))} can); run it without --vectorize"
+            )
+    return varying, fixed
+
+
+def members_jobs(
+    runs: Sequence[Run],
+    todo: Sequence[Run],
+    config_spec: str,
+    root: str | os.PathLike,
+    extra: str | Sequence[str] = (),
+    *,
+    per_job: int = 0,
+    keys: frozenset[str] | None = None,
+    base: Any = None,
+) -> list[MembersJob]:
+    """Groups the unfinished runs ``todo`` of the sweep ``runs`` into members jobs of up to
+    ``per_job`` runs each (0: one job), in sweep order. ``keys`` are the vectorisable keys
+    (default: ``members.MEMBER_KEYS``), ``base`` the config with ``extra`` applied (for
+    rendering the flags of keys fixed across the sweep; resolved when not given)."""
+    if per_job < 0:
+        raise SweepError(f"--members-per-job must be >= 0, not {per_job}")
+    keys = member_keys() if keys is None else keys
+    varying, fixed = vectorisable_split([r.point for r in runs], keys)
+    if not todo:
+        return []
+    extra_args = split_extra(extra)
+    if fixed and base is None:
+        base = resolve_config(config_spec, extra_args)
+    fixed_flags = render_flags(fixed, base) if fixed else []
+    size = per_job or len(todo)
+    jobs = []
+    for i in range(0, len(todo), size):
+        group = list(todo[i : i + size])
+        overrides = [
+            {k.removeprefix("config."): r.point[k] for k in varying if k in r.point} for r in group
+        ]
+        names = [r.name for r in group]
+        digest = hashlib.sha1(json.dumps(names).encode()).hexdigest()[:8]
+        args = [
+            f"--config={config_spec}", f"--workdir={Path(root)}",
+            f"--members={json.dumps(overrides, separators=(',', ':'))}",
+            f"--names={json.dumps(names, separators=(',', ':'))}",
+            *fixed_flags, *extra_args,
+        ]  # fmt: skip
+        jobs.append(MembersJob(f"members-{digest}", group, Path(root), args))
+    return jobs
+
+
 def read_summary(run: Run) -> dict[str, Any] | None:
     try:
         return json.loads((run.workdir / SUMMARY).read_text())
@@ -384,7 +499,11 @@ def _running_pid(run: Run) -> int | None:
         args = cmdline.read_bytes() if cmdline.exists() else b""
     except OSError:
         return None
-    if args and f"--workdir={run.workdir}".encode() not in args:
+    ours = f"--workdir={run.workdir}".encode() in args or (  # its trainer, or a members job
+        f"--workdir={run.workdir.parent}\0".encode() in args
+        and json.dumps(run.name).encode() in args
+    )
+    if args and not ours:
         return None
     return pid
 
@@ -412,7 +531,7 @@ def _raise_interrupt(signum, frame):
 
 
 def execute(
-    runs: Sequence[Run],
+    runs: Sequence[Run | MembersJob],
     *,
     parallel: int = 1,
     python: str = sys.executable,
@@ -420,13 +539,15 @@ def execute(
     poll_s: float = 0.2,
     say=print,
 ) -> dict[str, int]:
-    """Runs the trainer for each run, ``parallel`` at a time (one GPU each when ``gpus`` is
-    given), appending output to ``ROOT/<name>/log.txt``; returns the exit code per run name.
-    On SIGINT/SIGTERM the trainers it started are terminated (they resume on the next sweep)."""
+    """Runs the trainer for each run (or members job), ``parallel`` at a time (one GPU each when
+    ``gpus`` is given), appending output to ``ROOT/<name>/log.txt`` (a members job's to
+    ``ROOT/members-<hash>.log``); returns the exit code per run name (a members job's for each of
+    its runs). On SIGINT/SIGTERM the trainers it started are terminated (they resume, or a
+    members job restarts, on the next sweep)."""
     slots = [str(g) for g in gpus] or [None] * max(1, parallel)
     free = list(range(len(slots)))
     queue = list(runs)
-    running: dict[subprocess.Popen, tuple[Run, float, Any, int]] = {}
+    running: dict[subprocess.Popen, tuple[Run | MembersJob, float, Any, int]] = {}
     codes: dict[str, int] = {}
     total, started = len(runs), 0
     old_term = signal.getsignal(signal.SIGTERM)
@@ -440,30 +561,39 @@ def execute(
                 run, slot = queue.pop(0), free.pop(0)
                 started += 1
                 run.workdir.mkdir(parents=True, exist_ok=True)
+                now = time.strftime("%Y-%m-%d %H:%M:%S")
+                for r in run.runs:
+                    r.workdir.mkdir(parents=True, exist_ok=True)
+                    if r.log_path != run.log_path:  # a member: point its log at the job's
+                        with open(r.log_path, "a") as f:
+                            f.write(f"\n# {now} trained in {run.name}: log {run.log_path}\n")
                 env = dict(os.environ)
                 if slots[slot] is not None:
                     env["CUDA_VISIBLE_DEVICES"] = slots[slot]
                 cmd = run.command(python)
-                log = open(run.workdir / LOG_FILE, "a")  # closed when the run exits
-                log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+                log = open(run.log_path, "a")  # closed when the run exits
+                log.write(f"\n# {now} {shlex.join(cmd)}\n")
                 log.flush()
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-                (run.workdir / PID_FILE).write_text(f"{proc.pid}\n")
+                for r in run.runs:
+                    (r.workdir / PID_FILE).write_text(f"{proc.pid}\n")
                 running[proc] = (run, time.time(), log, slot)
                 gpu = f" on GPU {slots[slot]}" if slots[slot] is not None else ""
-                say(f"[{started}/{total}] start {run.name}{gpu} (log {run.workdir / LOG_FILE})")
+                what = run.name if isinstance(run, Run) else f"{run.name} ({len(run.runs)} members)"
+                say(f"[{started}/{total}] start {what}{gpu} (log {run.log_path})")
             time.sleep(poll_s)
             for proc in [p for p in running if p.poll() is not None]:
                 run, t0, log, slot = running.pop(proc)
                 log.close()
-                (run.workdir / PID_FILE).unlink(missing_ok=True)
+                for r in run.runs:
+                    (r.workdir / PID_FILE).unlink(missing_ok=True)
+                    codes[r.name] = proc.returncode
                 free.append(slot)
-                codes[run.name] = proc.returncode
                 dt = time.time() - t0
                 if proc.returncode == 0:
                     say(f"      done  {run.name} in {dt:.0f}s")
                 else:
-                    tail = (run.workdir / LOG_FILE).read_text(errors="replace").splitlines()
+                    tail = run.log_path.read_text(errors="replace").splitlines()
                     say(f"      FAILED {run.name} (exit {proc.returncode}) after {dt:.0f}s; "
                         "end of its log:\n        " + "\n        ".join(tail[-15:]))  # fmt: skip
     except (KeyboardInterrupt, _Interrupted):
@@ -478,7 +608,8 @@ def execute(
                 proc.kill()
                 proc.wait()
             log.close()
-            (run.workdir / PID_FILE).unlink(missing_ok=True)
+            for r in run.runs:
+                (r.workdir / PID_FILE).unlink(missing_ok=True)
         raise KeyboardInterrupt from None
     finally:
         if old_term is not None:
@@ -490,13 +621,15 @@ def execute(
 PY = '"$PYTHON"'
 
 
-def _cmd_line(run: Run, python: str) -> str:
-    """The run's command with its output appended to its log."""
-    log = shlex.quote(str(run.workdir / LOG_FILE))
-    return f"{python} -m {TRAIN_MODULE} {shlex.join(run.args)} >>{log} 2>&1"
+def _cmd_line(run: Run | MembersJob, python: str) -> str:
+    """The run's (or members job's) command with its output appended to its log."""
+    log = shlex.quote(str(run.log_path))
+    return f"{python} -m {run.module} {shlex.join(run.args)} >>{log} 2>&1"
 
 
-def emit_shell(runs: Sequence[Run], skipped: Sequence[Run], header: str, python: str) -> str:
+def emit_shell(
+    runs: Sequence[Run | MembersJob], skipped: Sequence[Run], header: str, python: str
+) -> str:
     """A bash script running the unfinished runs one after the other (failures are reported at
     the end; re-running the sweep afterwards skips what finished and writes the table)."""
     lines = ["#!/usr/bin/env bash", f"# {header}", "set -uo pipefail",
@@ -512,7 +645,7 @@ def emit_shell(runs: Sequence[Run], skipped: Sequence[Run], header: str, python:
 
 
 def emit_slurm(
-    runs: Sequence[Run],
+    runs: Sequence[Run | MembersJob],
     skipped: Sequence[Run],
     header: str,
     python: str,
@@ -710,6 +843,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sbatch", action="append", default=[], help="extra #SBATCH line for "
                    "--emit=slurm, e.g. --sbatch='--gres=gpu:1' (repeatable)")  # fmt: skip
     p.add_argument("--aggregate-only", action="store_true", help="only write the table")
+    p.add_argument("--vectorize", action="store_true", help="train the runs together as "
+                   "`python -m modellens_jax.members` jobs (every varying key must be a loss "
+                   "weight or a dropout rate)")  # fmt: skip
+    p.add_argument("--members-per-job", type=int, default=0, help="with --vectorize: at most "
+                   "N runs per members job (default 0: all in one job)")  # fmt: skip
     return p
 
 
@@ -718,7 +856,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(a.workdir)
     try:
         runs = plan(a.config, root, a.extra)
-        judge = str(resolve_config(a.config, split_extra(a.extra)).train.judge)
+        base = resolve_config(a.config, split_extra(a.extra))
+        judge = str(base.train.judge)
+        if a.vectorize:
+            vectorisable_split([r.point for r in runs], member_keys())  # fail before anything
+        elif a.members_per_job:
+            raise SweepError("--members-per-job needs --vectorize")
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -729,20 +872,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     busy = [r for r in runs if states[r.name] == "running"]
     summary = (f"{len(runs)} runs: {len(done)} finished (skipped), {len(busy)} running "
                f"elsewhere, {len(todo)} to run")  # fmt: skip
+    jobs: list[Run | MembersJob] = list(todo)
+    if a.vectorize:
+        try:
+            jobs = list(members_jobs(runs, todo, a.config, root, a.extra,
+                                     per_job=a.members_per_job, base=base))  # fmt: skip
+        except SweepError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        summary += f" in {len(jobs)} vectorised job(s)"
 
     if a.emit:
         header = f"sweep {a.config} -> {root}: {summary}"
         python = a.python or "python"
         if a.emit == "shell":
-            print(emit_shell(todo, done, header, python), end="")
+            print(emit_shell(jobs, done, header, python), end="")
         else:
-            print(emit_slurm(todo, done, header, python, root=root, parallel=a.parallel,
+            print(emit_slurm(jobs, done, header, python, root=root, parallel=a.parallel,
                              sbatch=a.sbatch, job_name=f"sweep-{Path(split_spec(a.config)[0]).stem}"),
                   end="")  # fmt: skip
         return 0
     python = a.python or sys.executable
     if a.dry_run:
         print(f"# sweep {a.config} -> {root}: {summary}")
+        if a.vectorize:
+            for r in runs:
+                if r not in todo:
+                    print(f"# skip {r.name}: {states[r.name]}")
+            for job in jobs:
+                restart = [r.name for r in job.runs if states[r.name] == "partial"]
+                note = f"; restarts {', '.join(restart)} from scratch" if restart else ""
+                print(f"# {job.name}: {len(job.runs)} member(s) ({', '.join(r.name for r in job.runs)})"
+                      f"{note}: log {job.log_path}")  # fmt: skip
+                print(shlex.join(job.command(python)))
+            return 0
         for r in runs:
             if r in todo:
                 resume = " (resumes)" if states[r.name] == "partial" else ""
@@ -758,7 +921,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if todo and not a.aggregate_only:
         gpus = [g.strip() for g in a.gpus.split(",") if g.strip()]
         try:
-            codes = execute(todo, parallel=a.parallel, python=python, gpus=gpus,
+            codes = execute(jobs, parallel=a.parallel, python=python, gpus=gpus,
                             say=lambda s: print(s, flush=True))  # fmt: skip
         except KeyboardInterrupt:
             interrupted = True

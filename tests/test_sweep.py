@@ -555,3 +555,252 @@ def test_real_sweep_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "2 runs: 2 finished (skipped), 0 running elsewhere, 0 to run" in again.stdout
     assert "start" not in again.stdout
+
+
+# --- vectorised sweeps (--vectorize) ---------------------------------------------------------
+MEMBER_KEYS = frozenset({"loss.weights.pairwise", "model.dropout", "model.model_id_dropout"})
+
+
+def test_vectorisable_keys_match_members():
+    from modellens_jax import members
+
+    assert sweep.member_keys() == members.MEMBER_KEYS
+    assert MEMBER_KEYS <= members.MEMBER_KEYS
+
+
+def test_members_jobs_grouping(tmp_path):
+    """Unfinished runs in sweep order, up to per_job each; overrides without ``config.``; keys
+    fixed across the sweep (any key) become flags; names passed through; stable job names."""
+    spec = write_config(tmp_path, "[]")
+    root = tmp_path / "root"
+    points = h.chain([
+        h.product([h.sweep("config.loss.weights.pairwise", [0.0, 0.5, 1.0]),
+                   h.sweep("config.model.dropout", [0.0, 0.25]),
+                   h.fixed("config.model.hidden_dim", 64)]),
+        h.product([h.fixed("config.model.model_id_dropout", 0.5),
+                   h.fixed("config.model.hidden_dim", 64)]),
+    ])  # fmt: skip
+    names = sweep.run_names(points)
+    runs = [sweep.Run(n, p, root / n, [], steps=6) for n, p in zip(names, points)]
+    todo = [r for i, r in enumerate(runs) if i != 1]  # run 1 finished
+    jobs = sweep.members_jobs(runs, todo, spec, root, "--config.train.steps=3", per_job=2,
+                              keys=MEMBER_KEYS)  # fmt: skip
+    assert [[r.name for r in j.runs] for j in jobs] == [
+        [names[0], names[2]], [names[3], names[4]], [names[5], names[6]],
+    ]  # fmt: skip
+    assert names[6] == "model_id_dropout=0.5,hidden_dim=64"
+    for j in jobs:
+        assert j.module == "modellens_jax.members" and j.workdir == root
+        assert j.args[:2] == [f"--config={spec}", f"--workdir={root}"]
+        assert j.args[4:] == ["--config.model.hidden_dim=64", "--config.train.steps=3"]
+        assert json.loads(j.args[3].removeprefix("--names=")) == [r.name for r in j.runs]
+        assert j.log_path == root / f"{j.name}.log" and re.fullmatch(r"members-[0-9a-f]{8}", j.name)
+    members_of = lambda j: json.loads(j.args[2].removeprefix("--members="))  # noqa: E731
+    assert members_of(jobs[0]) == [
+        {"loss.weights.pairwise": 0.0, "model.dropout": 0.0},
+        {"loss.weights.pairwise": 0.5, "model.dropout": 0.0},
+    ]
+    assert members_of(jobs[2]) == [
+        {"loss.weights.pairwise": 1.0, "model.dropout": 0.25},
+        {"model.model_id_dropout": 0.5},  # a chained point: the other keys keep the config's
+    ]
+    # one job by default; the same runs give the same job name (its log survives re-runs)
+    (one,) = sweep.members_jobs(runs, todo, spec, root, keys=MEMBER_KEYS)
+    assert len(one.runs) == 6
+    again = sweep.members_jobs(runs, todo, spec, root, "--config.train.steps=3", per_job=2,
+                               keys=MEMBER_KEYS)  # fmt: skip
+    assert [j.name for j in again] == [j.name for j in jobs]
+    assert sweep.members_jobs(runs, [], spec, root, keys=MEMBER_KEYS) == []
+    with pytest.raises(SweepError, match="members-per-job"):
+        sweep.members_jobs(runs, todo, spec, root, per_job=-1, keys=MEMBER_KEYS)
+
+
+@pytest.mark.parametrize(
+    "points, bad",
+    [
+        (h.product([h.sweep("config.model.hidden_dim", [32, 64]),
+                    h.sweep("config.model.dropout", [0.0, 0.1])]), "config.model.hidden_dim"),
+        (h.chain([h.sweep("config.model.dropout", [0.0, 0.1]),
+                  h.fixed("config.seed", 3)]), "config.seed"),  # set in some points only
+    ],
+)  # fmt: skip
+def test_non_vectorisable_sweep_named(points, bad):
+    with pytest.raises(SweepError, match=re.escape(f"varies {bad}, which cannot be vectorised")):
+        sweep.vectorisable_split(points, MEMBER_KEYS)
+    varying, fixed = sweep.vectorisable_split(
+        h.product([h.sweep("config.model.dropout", [0.0, 0.1]), h.fixed("config.seed", 3)]),
+        MEMBER_KEYS,
+    )
+    assert varying == ["config.model.dropout"] and fixed == {"config.seed": 3}
+
+
+def test_vectorize_dry_run_prints_members_commands(tmp_path, capsys):
+    root = tmp_path / "sweep root"
+    extra = ["--config.train.steps=2", "--config.data.source=my dir"]
+    fake_summary(root / "pairwise=0.0,dropout=0.1", step=2)  # finished: skipped
+    fake_summary(root / "pairwise=1.0,dropout=0.3", step=1)  # partial: trained again
+    base = [f"--config={EXAMPLE}", f"--workdir={root}", "--dry-run", f"--extra={shlex.join(extra)}",
+            "--vectorize"]  # fmt: skip
+    assert sweep.main([*base, "--members-per-job=5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("9 runs: 1 finished (skipped), 0 running elsewhere, 8 to run in 2 vectorised job(s)")  # fmt: skip
+    assert "# skip pairwise=0.0,dropout=0.1: done" in out
+    names = [f"pairwise={p},dropout={d}" for p in ("0.0", "0.5", "1.0") for d in ("0.0", "0.1", "0.3")]  # fmt: skip
+    names.remove("pairwise=0.0,dropout=0.1")
+    cmds = [shlex.split(line) for line in out if not line.startswith("#")]
+    assert len(cmds) == 2
+    got_names = []
+    for cmd in cmds:
+        assert cmd[:5] == [sys.executable, "-m", "modellens_jax.members", f"--config={EXAMPLE}", f"--workdir={root}"]  # fmt: skip
+        assert cmd[7:] == extra
+        mems = json.loads(cmd[5].removeprefix("--members="))
+        job_names = json.loads(cmd[6].removeprefix("--names="))
+        assert [f"pairwise={m['loss.weights.pairwise']},dropout={m['model.dropout']}" for m in mems] == job_names  # fmt: skip
+        got_names += job_names
+    assert got_names == names and len(json.loads(cmds[0][6].removeprefix("--names="))) == 5
+    assert any("restarts pairwise=1.0,dropout=0.3 from scratch" in line for line in out)
+    assert not (root / "pairwise=0.0,dropout=0.0").exists()  # nothing created
+    # default: one job with every unfinished run
+    assert sweep.main(base) == 0
+    out = capsys.readouterr().out
+    assert "in 1 vectorised job(s)" in out and len([x for x in out.splitlines() if not x.startswith("#")]) == 1  # fmt: skip
+    # the sweep script prints the same; a non-vectorisable sweep is refused, naming the key
+    p = subprocess.run([sys.executable, "launch/sweep.py", *base], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[1:] == out.splitlines()[1:]
+    spec = write_config(tmp_path, 'h.product([h.sweep("config.model.hidden_dim", [32, 64]), h.sweep("config.model.dropout", [0.0, 0.1])])')  # fmt: skip
+    assert sweep.main([f"--config={spec}", f"--workdir={root}", "--dry-run", "--vectorize"]) == 2
+    err = capsys.readouterr().err
+    assert "varies config.model.hidden_dim, which cannot be vectorised" in err
+    assert sweep.main([f"--config={EXAMPLE}", f"--workdir={root}", "--members-per-job=2"]) == 2
+    assert "needs --vectorize" in capsys.readouterr().err
+
+
+FAKE_MEMBERS = """#!{python}
+# Stands in for `python -m modellens_jax.members`: records the call, sleeps FAKE_SLEEP, fails when
+# FAKE_FAIL is one of the names, else writes each member's summary under ROOT/<name>.
+import json, os, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+assert args[:2] == ["-m", "modellens_jax.members"], args
+kv = dict(a[2:].split("=", 1) for a in args[2:] if "=" in a)
+root, names, mems = Path(kv["workdir"]), json.loads(kv["names"]), json.loads(kv["members"])
+with open(os.environ["FAKE_CALLS"], "a") as f:
+    f.write(json.dumps(names) + "\\n")
+(root / "fake.pid").write_text(str(os.getpid()))
+time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+if os.environ.get("FAKE_FAIL") in names:
+    print("boom"); sys.exit(3)
+steps = int(kv.get("config.train.steps", 6))
+for name, m in zip(names, mems):
+    j = sum(m.values())
+    best = {{"step": steps, "judge": j, "val": {{"completion": {{"weighted_tau": j}}}}}}
+    (root / name).mkdir(exist_ok=True)
+    (root / name / "train_summary.json").write_text(json.dumps({{"step": steps, "best": best,
+        "vectorised": True}}))
+print(f"step {{steps}}/{{steps}}")
+"""
+
+
+def test_vectorize_execute_skip_fail_and_scripts(tmp_path, fake, monkeypatch, capsys):
+    """Members jobs through execute: pid files, logs, exit codes per run, re-runs skip the
+    finished members; the emitted scripts run members jobs too."""
+    _, calls = fake
+    python = tmp_path / "fake_members"
+    python.write_text(FAKE_MEMBERS.format(python=sys.executable))
+    python.chmod(0o755)
+    root = tmp_path / "root"
+    args = [f"--config={EXAMPLE}", f"--workdir={root}", f"--python={python}", "--parallel=2",
+            "--vectorize", "--members-per-job=4"]  # fmt: skip
+    monkeypatch.setenv("FAKE_FAIL", "pairwise=1.0,dropout=0.3")  # the third job (of 1 run)
+    assert sweep.main(args) == 1
+    out = capsys.readouterr().out
+    assert "start members-" in out and "(4 members)" in out and "FAILED members-" in out
+    assert "boom" in out
+    assert len(calls.read_text().splitlines()) == 3
+    rows = list(csv.DictReader(open(root / "sweep.csv")))
+    assert [r["status"] for r in rows] == ["done"] * 8 + ["failed"]
+    assert float(rows[4]["judge"]) == pytest.approx(0.6)
+    assert not list(root.glob("*/sweep.pid"))
+    log = (root / "pairwise=0.5,dropout=0.1" / "log.txt").read_text()
+    (job_log,) = re.findall(r"trained in (members-\w+): log (\S+)", log)
+    assert "step 6/6" in Path(job_log[1]).read_text()
+    # re-run: only the failed member trains again, alone in its job
+    monkeypatch.delenv("FAKE_FAIL")
+    calls.write_text("")
+    assert sweep.main(args) == 0
+    assert calls.read_text().splitlines() == ['["pairwise=1.0,dropout=0.3"]']
+    calls.write_text("")
+    assert sweep.main(args) == 0 and calls.read_text() == ""
+    capsys.readouterr()
+    # emitted scripts: one line / one array task per members job
+    root2 = tmp_path / "root2"
+    base = [f"--config={EXAMPLE}", f"--workdir={root2}", "--vectorize", "--members-per-job=5"]
+    assert sweep.main([*base, "--emit=slurm"]) == 0
+    slurm = capsys.readouterr().out
+    assert "#SBATCH --array=0-1" in slurm and slurm.count("-m modellens_jax.members") == 2
+    assert sweep.main([*base, "--emit=shell"]) == 0
+    shell = capsys.readouterr().out
+    (tmp_path / "shell.sh").write_text(shell)
+    env = {**os.environ, "PYTHON": str(python)}
+    r = subprocess.run(["bash", str(tmp_path / "shell.sh")], cwd=ROOT, env=env, timeout=60,
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert [len(json.loads(x)) for x in calls.read_text().splitlines()] == [5, 4]
+    assert len(list(root2.glob("*/train_summary.json"))) == 9
+
+
+def test_running_members_job_is_not_started_twice(tmp_path):
+    root = tmp_path / "root"
+    run = sweep.Run("dropout=0.1", {}, root / "dropout=0.1", [], steps=6)
+    other = sweep.Run("dropout=0.2", {}, root / "dropout=0.2", [], steps=6)
+    for r in (run, other):
+        r.workdir.mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             f"--workdir={root}", '--names=["dropout=0.1"]'])  # fmt: skip
+    try:
+        for r in (run, other):
+            (r.workdir / sweep.PID_FILE).write_text(f"{proc.pid}\n")
+        assert sweep.status(run) == "running"
+        assert sweep.status(other) == "pending"  # not one of that job's members
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sweep.status(run) == "pending"
+
+
+@pytest.mark.slow
+def test_real_vectorised_sweep_end_to_end(tmp_path):
+    """A 2-point sweep trained as one members job through launch/sweep.py --vectorize: each
+    member is a finished run ROOT/<sweep name>, aggregated; a re-run skips both."""
+    from modellens_jax import prepare
+
+    spec = write_config(
+        tmp_path,
+        'h.product([h.sweep("config.loss.weights.pairwise", [0.0, 1.0]), h.sweep("config.model.dropout", [0.1])])',
+    )  # fmt: skip
+    spec += ":tiny"
+    root = tmp_path / "root"
+    extra = ("--config.train.steps=2 --config.model.use_model_desc=False "
+             "--config.model.use_dataset_desc=False")  # fmt: skip
+    prepare.prepare(sweep.resolve_config(spec).data, root / "corpus", verbose=False)
+    cmd = [sys.executable, "launch/sweep.py", f"--config={spec}", f"--workdir={root}",
+           "--vectorize", f"--extra={extra}"]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    logs = "".join(f.read_text()[-3000:] for f in root.glob("members-*.log"))
+    assert p.returncode == 0, p.stdout + p.stderr + logs
+    assert "(2 members)" in p.stdout
+    for name in ("pairwise=0.0,dropout=0.1", "pairwise=1.0,dropout=0.1"):
+        summary = json.loads((root / name / "train_summary.json").read_text())
+        assert summary["step"] == 2 and summary["vectorised"]
+        assert "trained in members-" in (root / name / "log.txt").read_text()
+    assert "step 2/2" in logs
+    rows = list(csv.DictReader(open(root / "sweep.csv")))
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert all(math.isfinite(float(r["judge"])) for r in rows)
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "2 runs: 2 finished (skipped), 0 running elsewhere, 0 to run in 0 vectorised job(s)" in again.stdout  # fmt: skip
