@@ -208,15 +208,8 @@ def members_throughput(config, graphdef, state, step_fn, mesh, batches, n: int, 
 
     configs = [members.member_config(config, m) for m in member_overrides(config, n)]
     weights, rates = members.member_arrays(configs)
-    repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    stacked = jax.tree.map(lambda x: jnp.stack([x] * n), state)
-    vstate_sh = jax.tree.map(lambda _: repl, stacked)
-    stacked = jax.device_put(stacked, vstate_sh)
-    step = train.make_train_step(graphdef, config)
-    vstep = jax.jit(jax.vmap(step, in_axes=(0, 0, None, 0, None, 0)),
-                    in_shardings=(vstate_sh, None, bsh, None, None, None),
-                    donate_argnums=(0, 1))  # fmt: skip
-    vacc = jax.tree.map(lambda x: jnp.stack([x] * n), train._acc_zeros())
+    repl = sharding.replicated(mesh)
+    stacked, vacc, vstep = members.vectorised(config, graphdef, state, mesh, n)
     w1, key = train.loss_weights(config), jax.random.key(0)
     acc = jax.device_put(train._acc_zeros(), repl)
     b0 = batches[0][0]

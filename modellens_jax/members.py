@@ -24,9 +24,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
-from modellens_jax import checkpointing, evaluate, optim, sharding, train
+from modellens_jax import checkpointing, evaluate, sharding, train
 from modellens_jax.data import pipeline, splits
 
 WEIGHT_KEYS = {f"loss.weights.{k}": k for k in ("listwise", "pairwise", "pointwise")}
@@ -73,6 +72,23 @@ def member_arrays(configs: list[ml_collections.ConfigDict]) -> tuple[dict, dict]
     return weights, rates
 
 
+def vectorised(config: ml_collections.ConfigDict, graphdef, state, mesh, n: int):
+    """(stacked state, stacked accumulators, jitted vmapped step) for ``n`` members starting
+    from ``state``; the step is ``step(state, acc, batch, weights, key, rates)`` with a leading
+    member axis on state, accumulators, weights and rates."""
+    repl = sharding.replicated(mesh)
+    stacked = jax.tree.map(lambda x: jnp.stack([x] * n), state)
+    state_sh = jax.tree.map(lambda _: repl, stacked)
+    vstep = jax.jit(
+        jax.vmap(train.make_train_step(graphdef, config), in_axes=(0, 0, None, 0, None, 0)),
+        in_shardings=(state_sh, repl, sharding.batch_sharding(mesh), repl, repl, repl),
+        out_shardings=(state_sh, repl),
+        donate_argnums=(0, 1),
+    )
+    acc = jax.tree.map(lambda x: jnp.stack([x] * n), train._acc_zeros())
+    return jax.device_put(stacked, state_sh), jax.device_put(acc, repl), vstep
+
+
 def train_members(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
@@ -95,12 +111,8 @@ def train_members(
     mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.model))
     rows, L = int(config.input.groups_per_batch), int(config.input.list_size)
 
-    model, opt = optim.create(config, sizes)
-    graphdef, state = nnx.split((model, opt))
-    del model, opt
-    stacked = jax.tree.map(lambda x: jnp.stack([x] * n), state)
-    state_sh = jax.tree.map(lambda _: sharding.replicated(mesh), stacked)
-    stacked = jax.device_put(stacked, state_sh)
+    graphdef, state, _ = train.init_state(config, sizes, mesh)
+    stacked, acc, vstep = vectorised(config, graphdef, state, mesh, n)
     weights, rates = member_arrays(configs)
 
     ds, _ = pipeline.train_dataset(
@@ -109,13 +121,6 @@ def train_members(
         num_groups=int(config.input.max_groups_per_batch),
     )  # fmt: skip
     prefetch = train.DevicePrefetch(iter(ds), mesh, int(config.input.prefetch))
-    step = train.make_train_step(graphdef, config)
-    vstep = jax.jit(
-        jax.vmap(step, in_axes=(0, 0, None, 0, None, 0)),
-        in_shardings=(state_sh, None, sharding.batch_sharding(mesh), None, None, None),
-        donate_argnums=(0, 1),
-    )
-    acc = jax.tree.map(lambda x: jnp.stack([x] * n), train._acc_zeros())
     base_key = jax.random.key(int(config.seed))
     total = int(config.train.steps)
     t0 = time.perf_counter()

@@ -760,6 +760,10 @@ def test_running_members_job_is_not_started_twice(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                              f"--workdir={root}", '--names=["dropout=0.1"]'])  # fmt: skip
     try:
+        deadline = time.time() + 30  # until it has exec'd (an empty cmdline counts as a match)
+        while b"--names" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+            assert time.time() < deadline
+            time.sleep(0.05)
         for r in (run, other):
             (r.workdir / sweep.PID_FILE).write_text(f"{proc.pid}\n")
         assert sweep.status(run) == "running"
