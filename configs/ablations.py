@@ -12,7 +12,8 @@ A preset string may add ``configs/default.py`` presets after a comma
 (``configs/ablations.py:semantic_only,tiny``). ``main`` is the default config unchanged.
 
 Loss objectives (upstream ``config/method_ablation``)
-  ensemble             λ_list 0.5, λ_pair 1, λ_point 0.1, Plackett-Luce mean (= main)
+  ensemble             λ_list 0.5, λ_pair 1, λ_point 0.1, Plackett-Luce mean (upstream's; main
+                       keeps the weights with the validation-tuned PL sum and z-gap BPR)
   listwise             Plackett-Luce only, summed over positions (``ListwiseRankLoss``)
   pairwise             BPR only
   listwise_pointwise   Plackett-Luce (mean) + 0.1 pointwise MSE

@@ -62,7 +62,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.model.family_dim = 32
     c.model.hidden_dim = 256
     c.model.dropout = 0.02
-    c.model.model_id_dropout = 0.1
+    c.model.model_id_dropout = 0.3  # tuned on val (issue 9): 0.1→0.3 helps the unseen settings
     c.model.dataset_id_dropout = 0.1
     c.model.init_temperature = 1.0
     c.model.use_model_id = True
@@ -81,9 +81,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.loss.weights.listwise = 0.5
     c.loss.weights.pairwise = 1.0
     c.loss.weights.pointwise = 0.1
-    c.loss.pl_reduction = "mean"  # mean | sum over positions of a list
+    c.loss.pl_reduction = "sum"  # mean | sum over positions of a list (sum: tuned on val)
     c.loss.pl_ties = "stable"  # stable | drop_tied (see losses.plackett_luce_loss)
-    c.loss.bpr_weighting = "none"  # none | zgap
+    c.loss.bpr_weighting = "zgap"  # none | zgap (zgap: tuned on val, issue 9)
     c.loss.bpr_weight_cap = 3.0
 
     # --- input pipeline -------------------------------------------------------------------
@@ -98,7 +98,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
     # --- optimisation ---------------------------------------------------------------------
     c.optim = ml_collections.ConfigDict()
-    c.optim.learning_rate = 1e-3
+    c.optim.learning_rate = 2e-3  # tuned on val (issue 9)
     c.optim.warmup_steps = 100
     c.optim.decay = "cosine"  # cosine | constant
     c.optim.weight_decay = 1e-4
@@ -107,7 +107,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
     # --- training loop --------------------------------------------------------------------
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 2000
+    c.train.steps = 1500  # ~1.5-3 min on 2 CPU cores; val plateaus by ~1500 (3000 gave no gain)
     c.train.log_every = 50
     c.train.eval_every = 250
     c.train.eval_at_start = True  # validate the untrained model (the curve's first point)
