@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from modellens_jax import fsutil
 from modellens_jax.text.cache import (
     CacheError,
     EmbeddingCache,
@@ -366,17 +367,6 @@ def _list_sha256(items: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replaces the ``final`` directory by ``tmp`` (two renames; the old one is then deleted)."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def embed_corpus(
     corpus_dir: str | os.PathLike,
     *,
@@ -491,7 +481,7 @@ def embed_corpus(
             "stats": {k: stats.get(k) for k in ("n_texts", "n_encoded", "n_cached", "texts_per_s")},
         }
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1) + "\n")
-        _swap_in(tmp, out_dir)
+        fsutil.replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -50,7 +49,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from modellens_jax import checkpointing, optim, serve, sharding, train
+from modellens_jax import checkpointing, fsutil, optim, serve, sharding, train
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import pipeline
 from modellens_jax.model import Scorer
@@ -268,14 +267,6 @@ def restore(workdir: str | os.PathLike, step: int | None = None) -> Restored:
 
 
 # --- writing the bundle ---------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def encoder_info(config: ml_collections.ConfigDict, corpus_dir: Path, dim: int) -> dict:
     """``encoder.json``: what embeds new descriptions so they match the stored ones."""
     m = config.model
@@ -414,7 +405,7 @@ def write_bundle(
                 "learned_dataset_ids": int(np.max(c["dataset_id"])),
             },
             "files": {
-                p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                p.name: {"sha256": fsutil.sha256_file(p), "bytes": p.stat().st_size}
                 for p in sorted(tmp.iterdir())
             },
         }
@@ -424,13 +415,7 @@ def write_bundle(
         for f in tmp.iterdir():  # mkdtemp/safetensors create owner-only files
             os.chmod(f, 0o666 & ~umask)
         os.chmod(tmp, 0o777 & ~umask)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        fsutil.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -103,12 +103,13 @@ def strip_lazy_moments(model: Scorer) -> Scorer:
     return model
 
 
-def _unique_rows(ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _unique_rows(ids: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(row ids [K], new ids shaped like ``ids``, valid [K]) with row 0 always at position 0;
-    K = ids.size + 1 (fixed), unused positions repeat row 0 and are marked invalid."""
+    K = min(ids.size + 1, num_rows) (fixed), unused positions repeat row 0 and are invalid."""
     flat = jnp.concatenate([jnp.zeros((1,), ids.dtype), ids.reshape(-1)])
-    uids, inv = jnp.unique(flat, size=flat.shape[0], fill_value=0, return_inverse=True)
-    valid = (jnp.arange(flat.shape[0]) == 0) | (uids != 0)
+    k = min(flat.shape[0], num_rows)
+    uids, inv = jnp.unique(flat, size=k, fill_value=0, return_inverse=True)
+    valid = (jnp.arange(k) == 0) | (uids != 0)
     return uids, inv.reshape(-1)[1:].reshape(ids.shape), valid
 
 
@@ -129,7 +130,7 @@ def sparse_update(
         ids = batch[key]
         if key == "name_tokens":
             ids = jnp.where(batch["name_mask"], ids, 0)
-        uids, new_ids, valid = _unique_rows(ids)
+        uids, new_ids, valid = _unique_rows(ids, tables[name].embedding[...].shape[0])
         plans[name] = (uids, valid)
         batch[key] = new_ids.astype(jnp.int32)
     graph, dense, tbl, rest = nnx.split(model, DENSE_FILTER, TABLE_FILTER, ...)

@@ -33,7 +33,6 @@ import argparse
 import csv
 import dataclasses
 import gzip
-import hashlib
 import json
 import os
 import sys
@@ -47,6 +46,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
+from modellens_jax import fsutil
 from modellens_jax.data import schema
 
 FORMAT = "modellens-bundle"
@@ -90,14 +90,6 @@ def bucket(n: int, minimum: int = 8) -> int:
 
 
 # --- reading and verifying a bundle ---------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify(path: str | os.PathLike) -> dict[str, Any]:
     """Checks ``manifest.json`` (format, version) and every listed file's size and sha256;
     returns the manifest. Raises :class:`BundleError` naming the first bad file."""
@@ -132,7 +124,7 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
                 f"{f}: {size} bytes, manifest says {info.get('bytes')}; the file is truncated "
                 "or was modified (checksum check failed)"
             )
-        digest = _sha256(f)
+        digest = fsutil.sha256_file(f)
         if digest != info.get("sha256"):
             raise BundleError(
                 f"{f}: sha256 checksum mismatch (manifest {str(info.get('sha256'))[:16]}..., "

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from modellens_jax import fsutil
 from modellens_jax.data import schema, splits
 from modellens_jax.data.ingest import (
     LINE,
@@ -417,17 +418,7 @@ def write_corpus(compiled: Compiled, out: Path, *, config: Mapping[str, Any]) ->
         (tmp / "manifest.json").write_text(
             json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8"
         )
-        if out.exists():
-            old = parent / f".{out.name}.old-{os.getpid()}-{tmp.name.rsplit('-', 1)[-1]}"
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        fsutil.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
