@@ -288,11 +288,11 @@ class Featurize(grain.transforms.Map):
         mpad[: len(models)] = models
         for k, col in t.model_cols.items():
             out[k] = col[mpad]
-        out["model_desc"] = np.asarray(t.model_desc[mpad], np.float32)
+        out["model_desc"] = np.asarray(t.model_desc[mpad])  # stored dtype; cast on device
         for k, col in t.group_cols.items():
             out[k] = col[group_of_list]
         ds = t.group_dataset[group_of_list]
-        out["dataset_desc"] = np.asarray(t.dataset_desc[ds], np.float32)
+        out["dataset_desc"] = np.asarray(t.dataset_desc[ds])
         return out
 
 
