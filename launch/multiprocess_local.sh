@@ -15,17 +15,8 @@
 # DRY_RUN=1 prints the commands (as a pasteable script) instead of running them.
 set -euo pipefail
 
-usage() { awk 'NR > 1 && /^#( |$)/ { sub(/^# ?/, ""); print; next } NR > 1 && !/^#/ { exit }' "$0"; }
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 case "${1:-}" in -h | --help) usage; exit 0 ;; esac
-
-# Shell-quotes each argument like Python's shlex.quote (the DRY_RUN output can be pasted).
-sq() {
-  local out=() a
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\"\'\"\'}'"); fi
-  done
-  echo "${out[*]}"
-}
 
 N=${NUM_PROCESSES:-2}
 DEVICES=${DEVICES_PER_PROCESS:-2}

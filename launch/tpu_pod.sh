@@ -22,7 +22,7 @@
 # DRY_RUN=1 prints the commands instead of running them.
 set -euo pipefail
 
-usage() { awk 'NR > 1 && /^#( |$)/ { sub(/^# ?/, ""); print; next } NR > 1 && !/^#/ { exit }' "$0"; }
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 case "${1:-}" in -h | --help) usage; exit 0 ;; esac
 
 : "${TPU:?set TPU=<tpu-vm name> (see launch/tpu_pod.sh --help)}"
@@ -42,14 +42,6 @@ gc=(gcloud compute tpus tpu-vm)
 where=("--zone=$ZONE" --worker=all)
 if [[ -n "${PROJECT:-}" ]]; then where+=("--project=$PROJECT"); fi
 
-# Shell-quotes each argument like Python's shlex.quote (the DRY_RUN output can be pasted).
-sq() {
-  local out=() a
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\"\'\"\'}'"); fi
-  done
-  echo "${out[*]}"
-}
 run() {
   if [[ "${DRY_RUN:-0}" == 1 ]]; then
     sq "$@"

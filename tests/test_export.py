@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from test_model import DESC, SIZES  # the tiny vocabulary sizes both files test with
 
 from modellens_jax import export, recommend, score, serve
 from modellens_jax.data import pipeline, schema
@@ -29,18 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # one switch to train and serve with them (test_descriptions_path covers them meanwhile).
 DESCRIPTIONS = False
 TOL = dict(rtol=1e-5, atol=1e-5)
-DESC = 12
-SIZES = FeatureSizes(
-    num_model_ids=20,
-    name_buckets=50,
-    num_size_buckets=23,
-    num_families=7,
-    num_dataset_ids=9,
-    num_tasks=5,
-    num_metrics=6,
-    model_desc_dim=DESC,
-    dataset_desc_dim=DESC,
-)
 
 
 def default_config(preset: str | None = None) -> ml_collections.ConfigDict:
