@@ -61,9 +61,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.model.size_dim = 32
     c.model.family_dim = 32
     c.model.hidden_dim = 256
+    c.model.interaction_dim = 64  # bilinear model × context term (0 = off, the paper's MLP only)
     c.model.dropout = 0.02
     c.model.model_id_dropout = 0.3  # tuned on val (issue 9): 0.1→0.3 helps the unseen settings
     c.model.dataset_id_dropout = 0.1
+    # Score added per decade of parameters (log10 billions) to models without a learned ID, at
+    # evaluation and serving (training never sees it; tuned on val, see README).
+    c.model.cold_size_prior = 0.0
     c.model.init_temperature = 1.0
     c.model.use_model_id = True
     c.model.use_model_name = True

@@ -66,6 +66,7 @@ FEATURE_ORDER = (
 MODEL_SIDE = ("name", "model_id", "model_desc", "size", "family")
 CONTEXT_SIDE = ("dataset_id", "dataset_desc", "task", "metric")
 MIN_TEMPERATURE = 1e-3
+SIZE_SCALARS = 2  # (log10 size, known) appended to the size bucket embedding
 
 # First path component → block of the parameter table.
 _BLOCKS = {
@@ -80,6 +81,7 @@ _BLOCKS = {
     "second": "backbone",
     "rank_head": "heads",
     "point_head": "heads",
+    "interaction": "backbone",
     "prior_hidden": "prior",
     "prior_out": "prior",
     "temperature": "temperature",
@@ -166,6 +168,28 @@ class _SplitDense(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((hidden,), jnp.float32))
 
 
+class _Interaction(nnx.Module):
+    """Bilinear model × context term ``⟨P·m, Q·c⟩ / √k`` on the two first-layer halves.
+
+    An MLP over the concatenated input learns dot-product interactions poorly (Rendle et al.,
+    2020); this term gives the scorer matrix factorisation's inductive bias (ID × ID) and a
+    context-dependent slope for every model-side feature (e.g. log-size), and stays factorised:
+    serving projects each cached side once. ``Q`` starts at zero, so the term starts at zero.
+    """
+
+    def __init__(self, hidden: int, dim: int, *, rngs: nnx.Rngs):
+        self.model_proj = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (hidden, dim)))
+        self.context_proj = nnx.Param(jnp.zeros((hidden, dim), jnp.float32))
+        self.scale = 1.0 / float(dim) ** 0.5
+
+    def project(self, mside: Array, cside: Array, dtype: jnp.dtype) -> tuple[Array, Array]:
+        """Both sides in the interaction space, ``[..., k]`` each."""
+        return (
+            _matmul(mside, self.model_proj[...], dtype) * self.scale,
+            _matmul(cside, self.context_proj[...], dtype),
+        )
+
+
 class Scorer(nnx.Module):
     """ModelLens scorer: residual backbone score plus a size/family prior, over a temperature.
 
@@ -189,6 +213,7 @@ class Scorer(nnx.Module):
         # Family is one switch for backbone and prior (method.md §2, §9 "no_family").
         self.use_family = bool(c.use_family_prior)
         self.use_size_prior = bool(c.use_size_prior) and self.use_size_feature
+        self.cold_size_prior = float(c.cold_size_prior)
         for name, p in (("model", self.model_id_dropout), ("dataset", self.dataset_id_dropout)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}_id_dropout must be in [0, 1], got {p}")
@@ -213,7 +238,7 @@ class Scorer(nnx.Module):
         if self.use_dataset_desc:
             dims["dataset_desc"] = int(sizes.dataset_desc_dim)
         if self.use_size_feature:
-            dims["size"] = int(c.size_dim)
+            dims["size"] = int(c.size_dim) + SIZE_SCALARS
             self.size_embed = _embed_table(sizes.num_size_buckets, int(c.size_dim), rngs)
         if self.use_family:
             dims["family"] = int(c.family_dim)
@@ -227,8 +252,11 @@ class Scorer(nnx.Module):
         self.second = nnx.Linear(h, h, rngs=rngs)
         self.rank_head = nnx.Linear(h, 1, rngs=rngs)
         self.point_head = nnx.Linear(h, 1, rngs=rngs)
+        self.interaction_dim = int(c.interaction_dim)
+        if self.interaction_dim > 0:
+            self.interaction = _Interaction(h, self.interaction_dim, rngs=rngs)
 
-        prior_in = (int(c.size_dim) if self.use_size_prior else 0) + (
+        prior_in = (int(c.size_dim) + SIZE_SCALARS if self.use_size_prior else 0) + (
             int(c.family_dim) if self.use_family else 0
         )
         self.has_prior = prior_in > 0
@@ -250,6 +278,15 @@ class Scorer(nnx.Module):
         total = jnp.einsum("...t,...td->...d", w, emb)
         return total / jnp.maximum(w.sum(-1, keepdims=True), 1.0)
 
+    def size_features(self, models: Mapping[str, Array]) -> Array:
+        """Size bucket embedding ‖ (log10 size, known) ``[..., size_dim + 2]``: the bucket learns
+        any shape, the continuous log-size gives order and resolution inside a bucket."""
+        known = (models["size_bucket"] > 0).astype(jnp.float32)
+        log_size = jnp.asarray(models["log_size"], jnp.float32) * known
+        return jnp.concatenate(
+            [self.size_embed(models["size_bucket"]), log_size[..., None], known[..., None]], -1
+        )
+
     def model_features(self, models: Mapping[str, Array]) -> dict[str, Array]:
         """Enabled model-side feature vectors, one row per distinct model ``[U, d_f]``."""
         out: dict[str, Array] = {}
@@ -260,7 +297,7 @@ class Scorer(nnx.Module):
         if self.use_model_desc:
             out["model_desc"] = jnp.asarray(models["model_desc"], jnp.float32)
         if self.use_size_feature:
-            out["size"] = self.size_embed(models["size_bucket"])
+            out["size"] = self.size_features(models)
         if self.use_family:
             out["family"] = self.family_embed(models["family"])
         return out
@@ -301,15 +338,21 @@ class Scorer(nnx.Module):
     def model_prior(self, models: Mapping[str, Array]) -> Array:
         """Size/family prior score per distinct model ``[U]``; zeros when no prior is enabled."""
         u = models["model_id"].shape[0]
+        cold = jnp.zeros((u,), jnp.float32)
+        if self.cold_size_prior and self.use_size_feature:
+            # Ranks never-seen models bigger-first unless the network says otherwise strongly:
+            # new releases come as families of graded sizes, which old records underrepresent.
+            known = (models["model_id"] == 0) & (models["size_bucket"] > 0)
+            cold = self.cold_size_prior * jnp.where(known, models["log_size"], 0.0)
         if not self.has_prior:
-            return jnp.zeros((u,), jnp.float32)
+            return cold
         parts = []
         if self.use_size_prior:
-            parts.append(self.size_embed(models["size_bucket"]))
+            parts.append(self.size_features(models))
         if self.use_family:
             parts.append(self.family_embed(models["family"]))
         x = jax.nn.relu(_dense(self.prior_hidden, jnp.concatenate(parts, -1), self.dtype))
-        return _dense(self.prior_out, x, self.dtype)[..., 0]
+        return _dense(self.prior_out, x, self.dtype)[..., 0] + cold
 
     def first_layer_kernel(self) -> Array:
         """The split kernel reassembled as the upstream ``[in_dim, hidden]`` matrix (§4 order)."""
@@ -351,7 +394,13 @@ class Scorer(nnx.Module):
         return k_id, k_drop
 
     def _trunk(
-        self, pre: Array, prior: Array, train: bool, key: Array | None, rate: Any = 0.0
+        self,
+        pre: Array,
+        prior: Array,
+        train: bool,
+        key: Array | None,
+        rate: Any = 0.0,
+        inter: Array | float = 0.0,
     ) -> dict[str, Array]:
         """ReLU → Dropout → Linear → ReLU → Dropout → heads; then the tempered score."""
         h = jax.nn.relu(pre)
@@ -363,8 +412,16 @@ class Scorer(nnx.Module):
             h = _dropout(h, rate, k2)
         residual = _dense(self.rank_head, h, self.dtype)[..., 0]
         z_hat = _dense(self.point_head, h, self.dtype)[..., 0]
+        residual = residual + inter
         score = (residual + prior) / jnp.maximum(self.temperature[...], MIN_TEMPERATURE)
         return {"score": score, "prior": prior, "residual": residual, "z_hat": z_hat}
+
+    def _interaction(self, m_pre: Array, c_pre: Array) -> Array | float:
+        """Per-record bilinear term from the two halves of the first layer (0 when off)."""
+        if self.interaction_dim == 0:
+            return 0.0
+        pm, pc = self.interaction.project(m_pre, c_pre, self.dtype)
+        return jnp.sum(pm * pc, -1)
 
     def __call__(
         self,
@@ -405,7 +462,8 @@ class Scorer(nnx.Module):
                 c_rec = jnp.where(drop_d[..., None], _take(c_unk, gslot), c_rec)
         prior = _take(self.model_prior(batch), mslot)
         key2 = None if keys is None else keys[1]
-        return self._trunk(m_rec + c_rec, prior, train, key2, r["dropout"])
+        inter = self._interaction(m_rec, c_rec)
+        return self._trunk(m_rec + c_rec, prior, train, key2, r["dropout"], inter)
 
     def forward_concatenated(
         self, batch: Mapping[str, Array], *, train: bool = False, key: Array | None = None
@@ -431,7 +489,12 @@ class Scorer(nnx.Module):
         pre = _matmul(x, self.first_layer_kernel(), self.dtype) + self.first.bias[...]
         prior = _take(self.model_prior(batch), mslot)
         key2 = None if keys is None else keys[1]
-        return self._trunk(pre, prior, train, key2, self.dropout_rate)
+        m_pre = jnp.zeros_like(pre)
+        for f in self.feature_dims:
+            if f in MODEL_SIDE:
+                m_pre = m_pre + _matmul(per_record[f], self.first.kernels[f][...], self.dtype)
+        inter = self._interaction(m_pre, pre - m_pre)
+        return self._trunk(pre, prior, train, key2, self.dropout_rate, inter)
 
     # ------------------------------------------------------------------------------ serving
     def score_sides(self, mside: Array, cside: Array, prior: Array) -> dict[str, Array]:
@@ -441,13 +504,29 @@ class Scorer(nnx.Module):
         ``context_side`` per query dataset.
         """
         pre = cside[:, None, :] + mside[None, :, :]
-        return self._trunk(pre, jnp.broadcast_to(prior[None, :], pre.shape[:2]), False, None)
+        inter: Array | float = 0.0
+        if self.interaction_dim:
+            pm, pc = self.interaction.project(mside, cside, self.dtype)
+            inter = jnp.einsum("sk,uk->su", pc, pm)
+        prior = jnp.broadcast_to(prior[None, :], pre.shape[:2])
+        return self._trunk(pre, prior, False, None, 0.0, inter)
 
     def score_all(self, models: Mapping[str, Array], groups: Mapping[str, Array]) -> dict:
         """Inference scores ``[S, U]`` of each group in ``groups`` against each model."""
         return self.score_sides(
             self.model_side(models), self.context_side(groups), self.model_prior(models)
         )
+
+
+def zero_rows(model: Scorer, rows: Mapping[str, Any]) -> Scorer:
+    """Sets the marked rows (True) of the named embedding tables to zero, in place; tables the
+    scorer does not have are skipped. See ``FeatureTables.untrained_rows``."""
+    for attr, mask in rows.items():
+        table = getattr(model, attr, None)
+        if table is not None:
+            keep = ~jnp.asarray(mask, bool)[:, None]
+            table.embedding[...] = jnp.where(keep, table.embedding[...], 0.0)
+    return model
 
 
 def _model_keys(m: Scorer) -> list[str]:
@@ -457,7 +536,7 @@ def _model_keys(m: Scorer) -> list[str]:
     if m.use_model_desc:
         keys.append("model_desc")
     if m.use_size_feature:
-        keys.append("size_bucket")
+        keys += ["size_bucket", "log_size"]
     if m.use_family:
         keys.append("family")
     return keys
@@ -548,7 +627,7 @@ def _paper_model_config() -> Any:
         size_dim=64, family_dim=64, hidden_dim=512, dropout=0.02, model_id_dropout=0.1,
         dataset_id_dropout=0.1, init_temperature=1.0, use_model_id=True, use_model_name=True,
         use_model_desc=True, use_dataset_id=True, use_dataset_desc=True, use_size_feature=True,
-        use_size_prior=True, use_family_prior=True, compute_dtype="float32",
+        use_size_prior=True, use_family_prior=True, compute_dtype="float32", interaction_dim=64,
     )  # fmt: skip
 
 

@@ -14,9 +14,9 @@ Python API::
     rec.score_pairs(pairs, models="models.csv", datasets="datasets.csv")
 
 Featurisation mirrors the compiled corpus: a known model (by exact name) uses its stored row
-(learned ID, name tokens, size bucket, family, description embedding); an unseen model uses ID 0
-([UNK]) but its own name tokens (``schema.name_token_array``), size bucket
-(``schema.size_bucket`` over the bundle's edges), family (given or ``schema.derive_family``;
+(learned ID, name tokens, size bucket and log-size, family, description embedding); an unseen
+model uses ID 0 ([UNK]) but its own name tokens (``schema.name_token_array``), size bucket
+(``schema.size_bucket`` over the bundle's edges) and ``schema.log_size``, family (given or ``schema.derive_family``;
 unknown to the vocabulary -> 0) and the embedding of ``corpus.model_text``. A known dataset uses
 its learned ID and stored description embedding; an unseen one ID 0 and the embedding of
 ``corpus.dataset_text``. Unknown task/metric -> 0. Every result lists the features that fell
@@ -50,8 +50,10 @@ from modellens_jax import fsutil
 from modellens_jax.data import schema
 
 FORMAT = "modellens-bundle"
-FORMAT_VERSION = 1
-MODEL_INPUTS = ("model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "family")
+FORMAT_VERSION = 2  # 2: models carry log_size
+MODEL_INPUTS = (
+    "model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "log_size", "family",
+)  # fmt: skip
 GROUP_INPUTS = ("dataset_id", "dataset_desc", "task", "metric")
 FUNCTIONS = {
     "scorer": "scorer.jaxexport",
@@ -496,6 +498,7 @@ class Recommender:
         a["name_tokens"][idx] = tokens
         a["name_mask"][idx] = mask
         a["size_bucket"][idx] = sizes
+        a["log_size"][idx] = schema.log_size(params)
         a["family"][idx] = fam_ids
         if f["model_desc"]:
             if model_desc is not None:

@@ -16,6 +16,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from modellens_jax import checkpointing, evaluate, losses, optim, sharding
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import pipeline, splits
 from modellens_jax.metric_writer import MetricWriter
-from modellens_jax.model import FeatureSizes
+from modellens_jax.model import FeatureSizes, zero_rows
 
 STRUCTURAL_SECTIONS = ("data", "embed", "model", "loss", "input", "optim", "seed")
 
@@ -232,14 +233,30 @@ def abstract_state(config: ml_collections.ConfigDict, sizes: FeatureSizes, mesh:
     return graphdef, checkpointing.abstract_like(abstract, sharding.state_shardings(abstract, mesh))
 
 
-def init_state(config: ml_collections.ConfigDict, sizes: FeatureSizes, mesh: jax.sharding.Mesh):
+def init_state(
+    config: ml_collections.ConfigDict,
+    sizes: FeatureSizes,
+    mesh: jax.sharding.Mesh,
+    untrained: Mapping[str, np.ndarray] | None = None,
+):
     """(graphdef, state, state shardings): the model and optimizer built abstractly, then created
     by one jitted function straight into their shardings (no per-op eager compiles, no
-    single-device copy of a large table)."""
+    single-device copy of a large table). ``untrained`` rows start at zero (``zero_rows``)."""
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: optim.create(config, sizes)))
     state_sh = sharding.state_shardings(abstract, mesh)
-    state = jax.jit(lambda: nnx.split(optim.create(config, sizes))[1], out_shardings=state_sh)()
+
+    def create():
+        model, opt = optim.create(config, sizes)
+        zero_rows(model, untrained or {})
+        return nnx.split((model, opt))[1]
+
+    state = jax.jit(create, out_shardings=state_sh)()
     return graphdef, state, state_sh
+
+
+def untrained_rows(config: ml_collections.ConfigDict, tables: pipeline.FeatureTables):
+    """The embedding rows no training record reaches (``FeatureTables.untrained_rows``)."""
+    return tables.untrained_rows(int(config.data.name_buckets), len(config.data.size_edges) + 2)
 
 
 def _host_scores(x: jax.Array) -> np.ndarray:
@@ -284,7 +301,7 @@ def train_and_evaluate(
         f"{n_proc} process(es)")  # fmt: skip
 
     # --- model and optimizer ---------------------------------------------------------------
-    graphdef, state, state_sh = init_state(config, sizes, mesh)
+    graphdef, state, state_sh = init_state(config, sizes, mesh, untrained_rows(config, tables))
 
     # --- data stream -----------------------------------------------------------------------
     max_groups = int(config.input.get("max_groups_per_batch", 0))

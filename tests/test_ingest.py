@@ -791,6 +791,13 @@ def test_size_buckets_on_the_paper_edges():
     assert schema.size_bucket(np.array(params), edges).tolist() == expected
 
 
+def test_log_size_is_clipped_log10_and_zero_when_unknown():
+    params = np.array([np.nan, 0.0, -1.0, np.inf, 1e-6, 0.001, 1.0, 7.0, 1e5])
+    expected = [0, 0, 0, 0, -4, -3, 0, np.log10(7.0), 4]
+    np.testing.assert_allclose(schema.log_size(params), expected, rtol=1e-6)
+    assert schema.log_size(params).dtype == np.float32
+
+
 @pytest.mark.parametrize(
     "name, family",
     [("meta-llama/Llama-2-7b-hf", "llama"), ("resnet50.a1_in1k", "resnet"),

@@ -13,7 +13,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from modellens_jax.data.batch import synthetic_batch
+from modellens_jax.data.batch import MODEL_KEYS, synthetic_batch
 from modellens_jax.model import (
     BLOCK_NAMES,
     PAPER_SIZES,
@@ -53,7 +53,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
             model_id_dim=16, name_dim=8, dataset_id_dim=8, task_dim=4, metric_dim=4, size_dim=4,
             family_dim=4, hidden_dim=16, dropout=0.1, model_id_dropout=0.1,
             dataset_id_dropout=0.1, init_temperature=1.0, compute_dtype="float32",
-            **dict.fromkeys(SWITCHES, True),
+            interaction_dim=8, cold_size_prior=0.0, **dict.fromkeys(SWITCHES, True),
         )
     )  # fmt: skip
     c.update(overrides)
@@ -61,7 +61,13 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def make(seed: int = 0, **overrides) -> Scorer:
-    return Scorer(tiny_config(**overrides), SIZES, rngs=nnx.Rngs(seed))
+    """A tiny scorer; the interaction's zero-initialised context projection is drawn at
+    random so every test exercises the bilinear term."""
+    model = Scorer(tiny_config(**overrides), SIZES, rngs=nnx.Rngs(seed))
+    if model.interaction_dim:
+        q = model.interaction.context_proj
+        q[...] = jax.random.normal(jax.random.key(seed + 1), q[...].shape)
+    return model
 
 
 def batch(seed: int = 0, **kw) -> dict[str, jax.Array]:
@@ -119,7 +125,7 @@ def test_factorised_equals_concatenated_in_training() -> None:
 
 def test_first_layer_kernel_is_the_upstream_linear() -> None:
     model = make()
-    assert model.in_dim == 8 + 16 + DESC + 8 + DESC + 4 + 4 + 4 + 4
+    assert model.in_dim == 8 + 16 + DESC + 8 + DESC + (4 + 2) + 4 + 4 + 4
     assert model.first_layer_kernel().shape == (model.in_dim, 16)
     assert list(model.feature_dims) == [
         "name", "model_id", "model_desc", "dataset_id", "dataset_desc", "size", "family", "task",
@@ -224,10 +230,10 @@ def test_prior_switches() -> None:
         out = model(b)
         np.testing.assert_array_equal(out["prior"], 0.0)
         assert np.isfinite(out["score"]).all()
-    # Size prior only: prior input is size_dim wide; family only: family_dim wide.
-    assert make(use_family_prior=False).prior_hidden.kernel.shape == (4, 8)
+    # Size prior only: size_dim + (log-size, known) wide; family only: family_dim wide.
+    assert make(use_family_prior=False).prior_hidden.kernel.shape == (6, 8)
     assert make(use_size_prior=False).prior_hidden.kernel.shape == (4, 8)
-    assert make().prior_hidden.kernel.shape == (8, 8)
+    assert make().prior_hidden.kernel.shape == (10, 8)
     assert np.abs(make()(b)["prior"]).max() > 0
 
 
@@ -270,8 +276,8 @@ def test_param_counts_match_actual(combo: str) -> None:
     for path, var in nnx.to_flat_state(params):
         head = path[0]
         block = next((b for b, p in prefix.items() if p == head), None)
-        block = block or {"first": "backbone", "second": "backbone", "rank_head": "heads",
-                          "point_head": "heads"}.get(head, "prior")  # fmt: skip
+        block = block or {"first": "backbone", "second": "backbone", "interaction": "backbone",
+                          "rank_head": "heads", "point_head": "heads"}.get(head, "prior")  # fmt: skip
         by_block[block] += var.size
     assert {b: counts[b] for b in BLOCK_NAMES} == by_block
 
@@ -282,9 +288,11 @@ def test_param_counts_at_paper_dims() -> None:
         size_dim=64, family_dim=64, hidden_dim=512,
     )  # fmt: skip
     c = param_counts(cfg, PAPER_SIZES)
-    assert c["backbone"] == 6016 * 512 + 512 + 512 * 512 + 512  # in_dim 6016 (method.md §4)
+    # in_dim 6016 (method.md §4) + (log-size, known); the interaction adds two [512, k] maps.
+    first, second, interaction = 6018 * 512 + 512, 512 * 512 + 512, 2 * 512 * 8
+    assert c["backbone"] == first + second + interaction
     assert c["model_id"] == 47_001 * 1536 and c["name"] == 10_000 * 512
-    assert c["prior"] == 128 * 256 + 256 + 256 + 1
+    assert c["prior"] == (128 + 2) * 256 + 256 + 256 + 1
     assert 83.0e6 < c["total"] < 83.8e6
 
 
@@ -330,8 +338,7 @@ def test_bfloat16_close_to_float32() -> None:
 
 def test_serving_score_all_matches_records() -> None:
     model, b = make(), batch(12)
-    models = {k: b[k] for k in ("model_id", "name_tokens", "name_mask", "model_desc",
-                                "size_bucket", "family")}  # fmt: skip
+    models = {k: b[k] for k in MODEL_KEYS}
     groups = {k: b[k] for k in ("dataset_id", "dataset_desc", "task", "metric")}
     table = model.score_all(models, groups)  # [S, U]
     assert table["score"].shape == (6, 16)
@@ -354,3 +361,56 @@ def test_partition_specs_shard_id_tables_and_forward_matches() -> None:
     assert emb.sharding.spec == P(None, "model")
     fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)["score"])
     np.testing.assert_allclose(fwd(sharded, b), model(b)["score"], rtol=1e-5, atol=1e-5)
+
+
+def test_interaction_is_the_bilinear_form_of_the_two_sides() -> None:
+    model, b = make(), batch(15)
+    models = {k: b[k] for k in MODEL_KEYS}
+    groups = {k: b[k] for k in ("dataset_id", "dataset_desc", "task", "metric")}
+    m, c = np.asarray(model.model_side(models)), np.asarray(model.context_side(groups))
+    p = np.asarray(model.interaction.model_proj[...])
+    q = np.asarray(model.interaction.context_proj[...])
+    k = p.shape[1]
+    inter = np.zeros((c.shape[0], m.shape[0]))
+    for s in range(c.shape[0]):  # slow, obvious loops
+        for u in range(m.shape[0]):
+            inter[s, u] = sum((m[u] @ p[:, j]) * (c[s] @ q[:, j]) for j in range(k)) / np.sqrt(k)
+    without = make(interaction_dim=0)  # same seed: same first layer, trunk and heads
+    for name in ("first", "second", "rank_head", "point_head", "prior_hidden", "prior_out"):
+        nnx.update(getattr(without, name), nnx.state(getattr(model, name)))
+    got = (
+        model.score_all(models, groups)["residual"] - without.score_all(models, groups)["residual"]
+    )
+    np.testing.assert_allclose(got, inter, rtol=1e-4, atol=1e-4)
+    assert np.abs(inter).max() > 0.1
+
+
+def test_interaction_starts_at_zero_and_off_has_no_params() -> None:
+    model = Scorer(tiny_config(), SIZES, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(model.interaction.context_proj[...], 0.0)
+    assert not any(p.startswith("interaction") for p in param_paths(make(interaction_dim=0)))
+    assert {"interaction/model_proj", "interaction/context_proj"} <= param_paths(model)
+
+
+def test_log_size_orders_models_inside_a_size_bucket() -> None:
+    model, b = make(), batch(16)
+    b["size_bucket"] = jnp.full_like(b["size_bucket"], 5)
+    side = model.model_side(b)
+    side2 = model.model_side(dict(b, log_size=b["log_size"] + 1.0))
+    assert np.abs(np.asarray(side2 - side)).min(-1).max() > 0
+    # Unknown size (bucket 0): log-size is ignored.
+    b0 = dict(b, size_bucket=jnp.zeros_like(b["size_bucket"]))
+    np.testing.assert_array_equal(
+        model.model_side(b0), model.model_side(dict(b0, log_size=b0["log_size"] + 1.0))
+    )
+
+
+@pytest.mark.parametrize("weight", [0.0, 3.0])
+def test_cold_size_prior_applies_to_models_without_an_id_only(weight: float) -> None:
+    model, b = make(cold_size_prior=weight), batch(17)
+    base = make(cold_size_prior=0.0)
+    cold = (np.asarray(b["model_id"]) == 0) & (np.asarray(b["size_bucket"]) > 0)
+    assert cold.any() and (~cold).any()
+    got = np.asarray(model.model_prior(b) - base.model_prior(b))
+    np.testing.assert_allclose(got, np.where(cold, weight * np.asarray(b["log_size"]), 0.0),
+                               rtol=1e-6, atol=1e-6)  # fmt: skip

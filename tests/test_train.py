@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from modellens_jax import checkpointing, losses, sharding, train
-from modellens_jax.data import pipeline
+from modellens_jax.data import pipeline, splits
 
 ROOT = Path(__file__).resolve().parents[1]
 # Frozen description embeddings: off until the embedding stage lands (then flip this one line).
@@ -510,3 +510,31 @@ def test_process_streams_disjoint(tables):
 
     a, b = records(0), records(1)
     assert a and b and not (a & b)
+
+
+def test_untrained_rows_are_exactly_those_no_training_record_uses(tables):
+    c = tables.corpus
+    rows = train.untrained_rows(tiny_config(), tables)
+    used: dict[str, set[int]] = {k: set() for k in rows}
+    mc, gc = tables.model_cols, tables.group_cols
+    for r in np.flatnonzero(np.asarray(c["rec_split"]) == splits.TRAIN):  # slow, obvious loop
+        m, g = int(tables.rec_model[r]), int(tables.rec_group[r])
+        used["family_embed"].add(int(mc["family"][m]))
+        used["size_embed"].add(int(mc["size_bucket"][m]))
+        used["name_embed"].update(int(t) for t in mc["name_tokens"][m][mc["name_mask"][m]])
+        used["task_embed"].add(int(gc["task"][g]))
+        used["metric_embed"].add(int(gc["metric"][g]))
+    for k, mask in rows.items():
+        assert set(np.flatnonzero(~mask).tolist()) == used[k], k
+    # The shipped corpus has families and tasks that only held-out records use.
+    assert rows["family_embed"][1:].any() and rows["task_embed"][1:].any()
+
+
+def test_untrained_rows_start_and_stay_zero(straight, tables):
+    _, state = straight
+    rows = train.untrained_rows(tiny_config(), tables)
+    for attr, mask in rows.items():
+        table = np.asarray(leaf(state, 0, attr, "embedding"))
+        assert mask.any()
+        np.testing.assert_array_equal(table[mask], 0.0, err_msg=attr)
+        assert np.abs(table[~mask]).max() > 0, attr

@@ -23,6 +23,7 @@ models, ``[U, ...]``
   ``name_mask``    bool     ``[U, T]``
   ``model_desc``   float32  ``[U, Dm]`` frozen description embedding
   ``size_bucket``  int32    0 = unknown size
+  ``log_size``     float32  log10(parameters in billions); 0 when the size is unknown
   ``family``       int32    0 = [UNK] family
 groups, ``[S, ...]``
   ``dataset_id``    int32    learned-ID row (0 = [UNK])
@@ -36,7 +37,9 @@ from __future__ import annotations
 import numpy as np
 
 RECORD_KEYS = ("mask", "segment", "model_slot", "group_slot", "value", "z")
-MODEL_KEYS = ("model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "family")
+MODEL_KEYS = (
+    "model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "log_size", "family",
+)  # fmt: skip
 GROUP_KEYS = ("dataset_id", "dataset_desc", "task", "metric")
 
 
@@ -74,6 +77,7 @@ def synthetic_batch(
     mean = (values * mask).sum(1, keepdims=True) / cnt
     std = np.sqrt((((values - mean) * mask) ** 2).sum(1, keepdims=True) / cnt)
     z = np.where(mask, (values - mean) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
+    size_bucket = rng.integers(0, v["size"], num_models).astype(np.int32)
     return {
         "mask": mask,
         "segment": mask.astype(np.int32),
@@ -89,7 +93,8 @@ def synthetic_batch(
         ),
         "name_mask": rng.random((num_models, name_tokens)) > 0.3,
         "model_desc": rng.normal(size=(num_models, desc_dim)).astype(np.float32),
-        "size_bucket": rng.integers(0, v["size"], num_models).astype(np.int32),
+        "size_bucket": size_bucket,
+        "log_size": np.where(size_bucket > 0, rng.uniform(-3, 3, num_models), 0).astype(np.float32),
         "family": rng.integers(0, v["family"], num_models).astype(np.int32),
         "dataset_id": rng.integers(0, v["dataset_id"], num_groups).astype(np.int32),
         "dataset_desc": rng.normal(size=(num_groups, desc_dim)).astype(np.float32),

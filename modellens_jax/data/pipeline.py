@@ -29,7 +29,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from modellens_jax.data import splits
+from modellens_jax.data import schema, splits
 from modellens_jax.data.corpus import Corpus
 
 _EPOCHS = 1 << 20  # the training source repeats this many epochs (effectively forever)
@@ -224,6 +224,7 @@ class FeatureTables:
             "name_tokens": np.asarray(c["model_name_tokens"]),
             "name_mask": np.asarray(c["model_name_mask"]),
             "size_bucket": np.asarray(c["model_size_bucket"]),
+            "log_size": schema.log_size(np.asarray(c["model_params"])),
             "family": np.asarray(c["model_family"]),
         }
         self.group_dataset = np.asarray(c["group_dataset"])
@@ -231,6 +232,30 @@ class FeatureTables:
             "dataset_id": np.asarray(c["dataset_id"])[self.group_dataset],
             "task": np.asarray(c["group_task"]),
             "metric": np.asarray(c["group_metric"]),
+        }
+
+    def untrained_rows(self, name_buckets: int, num_size_buckets: int) -> dict[str, np.ndarray]:
+        """Rows of the categorical embedding tables (family, task, metric, size bucket, name
+        token) that no training record uses, per table attribute of the scorer. Their rows never
+        get a gradient, so the scorer starts them at zero (a neutral input) rather than at the
+        random draw a held-out model or dataset would otherwise carry to evaluation."""
+        c = self.corpus
+        train = np.asarray(c["rec_split"]) == splits.TRAIN
+        models = np.unique(self.rec_model[train])
+        groups = np.unique(self.rec_group[train])
+
+        def unused(ids: np.ndarray, n: int) -> np.ndarray:
+            out = np.ones(n, bool)
+            out[np.asarray(ids).reshape(-1)] = False
+            return out
+
+        m = self.model_cols
+        return {
+            "family_embed": unused(m["family"][models], len(c.vocab["families"])),
+            "task_embed": unused(self.group_cols["task"][groups], len(c.vocab["tasks"])),
+            "metric_embed": unused(self.group_cols["metric"][groups], len(c.vocab["metrics"])),
+            "size_embed": unused(m["size_bucket"][models], num_size_buckets),
+            "name_embed": unused(m["name_tokens"][models][m["name_mask"][models]], name_buckets),
         }
 
 

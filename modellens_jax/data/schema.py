@@ -249,3 +249,13 @@ def size_bucket(params_billions: np.ndarray, edges: tuple[float, ...]) -> np.nda
     out = np.zeros(p.shape, np.int32)
     out[known] = np.digitize(p[known], np.asarray(edges)) + 1
     return out
+
+
+def log_size(params_billions: np.ndarray) -> np.ndarray:
+    """``log10(params in billions)`` clipped to [-4, 4] (a continuous, ordered size); 0 when
+    unknown (the size bucket's 0 marks unknown)."""
+    p = np.asarray(params_billions, np.float64)
+    known = np.isfinite(p) & (p > 0)
+    out = np.zeros(p.shape, np.float32)
+    out[known] = np.clip(np.log10(p[known]), -4.0, 4.0)
+    return out
