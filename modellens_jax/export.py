@@ -10,7 +10,8 @@ Bundle layout (see :mod:`modellens_jax.serve`, which reads it without flax, orba
 
   params.safetensors     model parameters only, flat '/'-joined names ("first/kernels/name")
   tables.safetensors     per known model (rows in vocab order): models/{model_id, name_tokens,
-                         name_mask, size_bucket, log_size, family, params, model_desc}; per
+                         name_mask, size_bucket, log_size, release, family, params,
+                         model_desc}; per
                          known dataset:
                          datasets/{dataset_id, dataset_desc}
   vocab.json             models, datasets, tasks, metrics, families (index = id; 0 = [UNK])
@@ -133,6 +134,7 @@ def input_specs(
         "model_desc": (("u", model_desc_dim), "float32"),
         "size_bucket": (("u",), "int32"),
         "log_size": (("u",), "float32"),
+        "release": (("u",), "float32"),
         "family": (("u",), "int32"),
     }
     groups = {
@@ -340,6 +342,7 @@ def write_bundle(
             "models/name_mask": c["model_name_mask"],
             "models/size_bucket": c["model_size_bucket"],
             "models/log_size": tables.model_cols["log_size"],
+            "models/release": tables.model_cols["release"],
             "models/family": c["model_family"],
             "models/params": c["model_params"],
             "models/model_desc": model_desc,

@@ -3,9 +3,9 @@
 The upstream network concatenates, per record, ``name ‖ model-id ‖ model-desc ‖ dataset-id ‖
 dataset-desc ‖ size ‖ family ‖ task ‖ metric`` (in_dim 6016 at the paper's dims) and applies
 ``Linear(in_dim → hidden)``. That first layer is a sum of per-feature products, so we split its
-kernel by feature and compute the **model side** (name, model id, model desc, size, family) once
-per distinct model of the batch ``[U, H]`` and the **context side** (dataset id, dataset desc,
-task, metric, plus the bias) once per group ``[S, H]``; a record's pre-activation is
+kernel by feature and compute the **model side** (name, model id, model desc, size, family,
+release) once per distinct model of the batch ``[U, H]`` and the **context side** (dataset id,
+dataset desc, task, metric, plus the bias) once per group ``[S, H]``; a record's pre-activation is
 ``Mside[model_slot] + Cside[group_slot]``. The concatenated ``[R, L, in_dim]`` input is never
 built in training or serving; :meth:`Scorer.forward_concatenated` computes it only to document
 and test the equivalence.
@@ -13,6 +13,19 @@ and test the equivalence.
 ID dropout (method.md §3, training only): each record independently replaces its model ID and,
 independently, its dataset ID by [UNK] (row 0). In the factorised form this is a per-record
 select between ``Mside[u]`` and ``Mside[u] − W_id·e_id(u) + W_id·e_unk``.
+
+Beyond the paper (each switchable; ``configs/ablations.py`` has a preset per switch):
+
+- **interaction** (``interaction_dim``): ``⟨P·Mside, Q·Cside⟩/√k`` added to the residual, the
+  matrix-factorisation inductive bias an MLP over concatenated inputs learns poorly;
+- **continuous size**: the size input is the bucket embedding ‖ (log10 size, known), so sizes
+  inside one bucket are ordered; **release date** (``use_release``): (years from 2024, known);
+- **cold-start size prior** (``cold_size_prior``): models without a learned ID get
+  ``λ·log10(size)`` added to their prior at evaluation and serving (never in training, where
+  every model has an ID): new models come in families of graded sizes, inside which bigger is
+  almost always better, a regularity the historical records underweight;
+- categorical embedding rows no training record uses start (and stay) at zero (``zero_rows``),
+  so a held-out family, task or name token is a neutral input rather than a random draw.
 
 Parameter paths (``/``-joined, as :func:`partition_rules` matches them)::
 
@@ -23,14 +36,17 @@ Parameter paths (``/``-joined, as :func:`partition_rules` matches them)::
     first/kernels/<feature>      [feature_dim, hidden]  (the first Linear, split by feature)
     first/bias                   [hidden]
     second/kernel, second/bias   [hidden, hidden], [hidden]
+    interaction/{model,context}_proj  [hidden, k]   bilinear term (Q starts at zero)
     rank_head/{kernel,bias}      [hidden, 1], [1]   residual score s_res
     point_head/{kernel,bias}     [hidden, 1], [1]   pointwise z-score ẑ
-    prior_hidden/{kernel,bias}   [size_dim + family_dim, hidden/2]
+    prior_hidden/{kernel,bias}   [size_dim + 2 + family_dim, hidden/2]
     prior_out/{kernel,bias}      [hidden/2, 1]
     temperature                  []                 score = (s_res + s_prior) / max(T, 1e-3)
 
 Disabled features create no parameters. Initialisation: embedding tables N(0, 1) as upstream's
-torch ``nn.Embedding`` (the name table is xavier-uniform, as upstream); linear layers use Flax's
+torch ``nn.Embedding`` (the name table is xavier-uniform, as upstream), except the model- and
+dataset-ID tables, N(0, ``id_init_std``²): upstream's 1.0 leaves a model with few records an ID
+that is mostly its random draw, a noise offset that only ensembling averages away; linear layers use Flax's
 lecun-normal kernels and zero biases, and the split first-layer kernel is drawn as one
 ``[in_dim, hidden]`` matrix so its fan-in is the full ``in_dim`` of the upstream Linear.
 """
@@ -62,8 +78,9 @@ FEATURE_ORDER = (
     "family",
     "task",
     "metric",
+    "release",
 )
-MODEL_SIDE = ("name", "model_id", "model_desc", "size", "family")
+MODEL_SIDE = ("name", "model_id", "model_desc", "size", "family", "release")
 CONTEXT_SIDE = ("dataset_id", "dataset_desc", "task", "metric")
 MIN_TEMPERATURE = 1e-3
 SIZE_SCALARS = 2  # (log10 size, known) appended to the size bucket embedding
@@ -149,8 +166,8 @@ def _dropout(x: Array, rate: Any, key: Array) -> Array:
     return jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0).astype(x.dtype)
 
 
-def _embed_table(num: int, dim: int, rngs: nnx.Rngs) -> nnx.Embed:
-    return nnx.Embed(num, dim, embedding_init=nnx.initializers.normal(stddev=1.0), rngs=rngs)
+def _embed_table(num: int, dim: int, rngs: nnx.Rngs, std: float = 1.0) -> nnx.Embed:
+    return nnx.Embed(num, dim, embedding_init=nnx.initializers.normal(stddev=std), rngs=rngs)
 
 
 class _SplitDense(nnx.Module):
@@ -229,17 +246,24 @@ class Scorer(nnx.Module):
             )
         if self.use_model_id:
             dims["model_id"] = int(c.model_id_dim)
-            self.model_id_embed = _embed_table(sizes.num_model_ids, int(c.model_id_dim), rngs)
+            self.model_id_embed = _embed_table(
+                sizes.num_model_ids, int(c.model_id_dim), rngs, float(c.id_init_std)
+            )
         if self.use_model_desc:
             dims["model_desc"] = int(sizes.model_desc_dim)
         if self.use_dataset_id:
             dims["dataset_id"] = int(c.dataset_id_dim)
-            self.dataset_id_embed = _embed_table(sizes.num_dataset_ids, int(c.dataset_id_dim), rngs)
+            self.dataset_id_embed = _embed_table(
+                sizes.num_dataset_ids, int(c.dataset_id_dim), rngs, float(c.id_init_std)
+            )
         if self.use_dataset_desc:
             dims["dataset_desc"] = int(sizes.dataset_desc_dim)
         if self.use_size_feature:
             dims["size"] = int(c.size_dim) + SIZE_SCALARS
             self.size_embed = _embed_table(sizes.num_size_buckets, int(c.size_dim), rngs)
+        self.use_release = bool(c.use_release)
+        if self.use_release:
+            dims["release"] = 2
         if self.use_family:
             dims["family"] = int(c.family_dim)
             self.family_embed = _embed_table(sizes.num_families, int(c.family_dim), rngs)
@@ -287,6 +311,12 @@ class Scorer(nnx.Module):
             [self.size_embed(models["size_bucket"]), log_size[..., None], known[..., None]], -1
         )
 
+    def release_features(self, models: Mapping[str, Array]) -> Array:
+        """(years from 2024 / 2, known) ``[..., 2]`` of the release date (0, 0 when unknown)."""
+        r = jnp.asarray(models["release"], jnp.float32)
+        known = (r > 0).astype(jnp.float32)
+        return jnp.stack([(r - 24.0) / 2.0 * known, known], -1)
+
     def model_features(self, models: Mapping[str, Array]) -> dict[str, Array]:
         """Enabled model-side feature vectors, one row per distinct model ``[U, d_f]``."""
         out: dict[str, Array] = {}
@@ -300,6 +330,8 @@ class Scorer(nnx.Module):
             out["size"] = self.size_features(models)
         if self.use_family:
             out["family"] = self.family_embed(models["family"])
+        if self.use_release:
+            out["release"] = self.release_features(models)
         return out
 
     def context_features(self, groups: Mapping[str, Array]) -> dict[str, Array]:
@@ -539,6 +571,8 @@ def _model_keys(m: Scorer) -> list[str]:
         keys += ["size_bucket", "log_size"]
     if m.use_family:
         keys.append("family")
+    if m.use_release:
+        keys.append("release")
     return keys
 
 
@@ -628,6 +662,7 @@ def _paper_model_config() -> Any:
         dataset_id_dropout=0.1, init_temperature=1.0, use_model_id=True, use_model_name=True,
         use_model_desc=True, use_dataset_id=True, use_dataset_desc=True, use_size_feature=True,
         use_size_prior=True, use_family_prior=True, compute_dtype="float32", interaction_dim=64,
+        use_release=True, cold_size_prior=0.0, id_init_std=1.0,
     )  # fmt: skip
 
 

@@ -2,8 +2,9 @@
 [--dataset=NAME] [--candidates=models.csv] [--top-k=10] [--json] [--format=…]``
 
 Ranks every model the bundle knows (or the ``--candidates`` rows, corpus ``models.csv`` format:
-``model, family, params, model_desp``; unseen models get ``[UNK]`` IDs) for one dataset and
-prints the top K with score, prior, residual and the features that were unknown. Filters:
+``model, family, params, model_desp, release_date``; unseen models get ``[UNK]`` IDs) for one
+dataset and prints the top K with score, prior, residual and the features that were unknown.
+Filters:
 ``--max-params``/``--min-params`` (billions) and ``--families=a,b``.
 
 Output formats (``--format``; ``--json`` = ``--format=json``)

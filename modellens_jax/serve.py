@@ -16,7 +16,8 @@ Python API::
 Featurisation mirrors the compiled corpus: a known model (by exact name) uses its stored row
 (learned ID, name tokens, size bucket and log-size, family, description embedding); an unseen
 model uses ID 0 ([UNK]) but its own name tokens (``schema.name_token_array``), size bucket
-(``schema.size_bucket`` over the bundle's edges) and ``schema.log_size``, family (given or ``schema.derive_family``;
+(``schema.size_bucket`` over the bundle's edges) and ``schema.log_size``, release date (an
+optional ``release_date`` column, ``schema.release_years``), family (given or ``schema.derive_family``;
 unknown to the vocabulary -> 0) and the embedding of ``corpus.model_text``. A known dataset uses
 its learned ID and stored description embedding; an unseen one ID 0 and the embedding of
 ``corpus.dataset_text``. Unknown task/metric -> 0. Every result lists the features that fell
@@ -50,9 +51,10 @@ from modellens_jax import fsutil
 from modellens_jax.data import schema
 
 FORMAT = "modellens-bundle"
-FORMAT_VERSION = 2  # 2: models carry log_size
+FORMAT_VERSION = 2  # 2: models carry log_size and release
 MODEL_INPUTS = (
-    "model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "log_size", "family",
+    "model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "log_size", "release",
+    "family",
 )  # fmt: skip
 GROUP_INPUTS = ("dataset_id", "dataset_desc", "task", "metric")
 FUNCTIONS = {
@@ -276,6 +278,18 @@ def _params(where: str, value: str) -> float:
         raise InputError(f"{where}, field 'params': {value!r} is not a number (billions)") from None
 
 
+def _release_day(where: str, value: str) -> int:
+    """An ISO release date (YYYY-MM-DD, time part ignored) as days since 1970; -1 if empty."""
+    if not value:
+        return -1
+    try:
+        return int(np.datetime64(value.strip()[:10], "D").astype(np.int64))
+    except ValueError:
+        raise InputError(
+            f"{where}, field 'release_date': {value!r} is not an ISO date (YYYY-MM-DD)"
+        ) from None
+
+
 # --- features -------------------------------------------------------------------------------
 @dataclasses.dataclass
 class ModelPool:
@@ -461,7 +475,7 @@ class Recommender:
         model_desc: np.ndarray | None = None,
     ) -> ModelPool:
         """Featurises candidate models: a models.csv path (corpus format: ``model`` plus any of
-        ``family, params, model_desp``), an iterable of such rows (or bare names), or None (all
+        ``family, params, model_desp, release_date``), an iterable of such rows (or bare names), or None (all
         known models). ``model_desc`` gives precomputed description vectors for the unseen rows
         (in order) instead of embedding their texts. Duplicate names merge as in the corpus."""
         if rows is None:
@@ -484,6 +498,7 @@ class Recommender:
         new_names = [names[i] for i in new]
         info = [merged[n] for n in new_names]
         params = np.asarray([_params(w, r.get("params", "")) for w, r in info], np.float64)
+        days = np.asarray([_release_day(w, r.get("release_date", "")) for w, r in info])
         fams = [
             (r.get("family") or "").lower() or schema.derive_family(n)
             for n, (_, r) in zip(new_names, info)
@@ -499,6 +514,7 @@ class Recommender:
         a["name_mask"][idx] = mask
         a["size_bucket"][idx] = sizes
         a["log_size"][idx] = schema.log_size(params)
+        a["release"][idx] = schema.release_years(days)
         a["family"][idx] = fam_ids
         if f["model_desc"]:
             if model_desc is not None:

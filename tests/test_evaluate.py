@@ -286,7 +286,9 @@ def test_ablation_presets_switch_as_documented():
     ens = abl.get_config("ensemble")  # upstream's ensemble: the default's weights, PL mean
     assert dict(ens.loss.weights) == dict(default.loss.weights)
     assert ens.loss.pl_reduction == "mean"
-    for name in (*abl.LOSS_PRESETS, *abl.SOURCE_PRESETS, *abl.SIZE_FAMILY_PRESETS):
+    groups = (abl.LOSS_PRESETS, abl.SOURCE_PRESETS, abl.SIZE_FAMILY_PRESETS, abl.EXTENSION_PRESETS)
+    assert sorted(n for g in groups for n in g) == sorted(set(abl.PRESETS) - {"main"})
+    for name in (n for g in groups for n in g):
         assert name in abl.PRESETS
         abl.get_config(f"{name},tiny")  # combines with default presets
     w = abl.get_config("listwise").loss
@@ -307,6 +309,10 @@ def test_ablation_presets_switch_as_documented():
     m = abl.get_config("no_size_feature").model
     assert not m.use_size_feature and not m.use_size_prior and m.use_family_prior
     assert not abl.get_config("no_family").model.use_family_prior
+    m = abl.get_config("paper_scorer").model
+    assert (m.interaction_dim, m.use_release, m.cold_size_prior) == (0, False, 0.0)
+    assert default.model.interaction_dim > 0 and default.model.use_release
+    assert default.model.cold_size_prior > 0
     with pytest.raises(ValueError, match="unknown ablation preset"):
         abl.get_config("nope")
     c = ablate.preset_config("listwise", {"train.steps": 7})

@@ -146,14 +146,7 @@ def trained(compiled_corpus, tmp_path_factory) -> dict:
     model, _ = nnx.merge(result.graphdef, result.state)
     corpus, tables = train.load_data(train_config(), wd, verbose=False)
     c, rng = corpus, np.random.default_rng(1)
-    models = {
-        "model_id": np.asarray(c["model_id"]),
-        "name_tokens": np.asarray(c["model_name_tokens"]),
-        "name_mask": np.asarray(c["model_name_mask"]),
-        "model_desc": np.asarray(tables.model_desc, np.float32),
-        "size_bucket": np.asarray(c["model_size_bucket"]),
-        "family": np.asarray(c["model_family"]),
-    }
+    models = {**tables.model_cols, "model_desc": np.asarray(tables.model_desc, np.float32)}
     s = 3
     ds = rng.integers(0, len(c.vocab["datasets"]), s)
     groups = {
@@ -260,7 +253,7 @@ def test_rank_known_and_unseen(trained, rec, tmp_path) -> None:
         w = csv.writer(f)
         w.writerow(["model", "family", "params", "model_desp", "release_date", "source"])
         w.writerow([known, "", "", "", "", "x"])
-        w.writerow(["acme/new-model-7b", fam, "7", "A new chat model.", "", "x"])
+        w.writerow(["acme/new-model-7b", fam, "7", "A new chat model.", "2026-03-01", "x"])
         w.writerow(["acme/new-model-7b", "", "", "duplicate row of another source", "", "y"])
         w.writerow(["zzqx-unheard-70b", "zzqx", "70", "", "", "x"])
     res = rec.rank(
@@ -280,6 +273,10 @@ def test_rank_known_and_unseen(trained, rec, tmp_path) -> None:
     )
     np.testing.assert_array_equal(pool.arrays["name_tokens"][i], tok[0])
     assert pool.arrays["size_bucket"][i] == schema.size_bucket(np.array([7.0]), rec.size_edges)[0]
+    assert pool.arrays["log_size"][i] == pytest.approx(np.log10(7.0))
+    days = (np.datetime64("2026-03-01") - np.datetime64("2000-01-01")).astype(int)
+    assert pool.arrays["release"][i] == pytest.approx(days / 365.25)
+    assert pool.arrays["release"][pool.names.index("zzqx-unheard-70b")] == 0.0  # unknown
     assert pool.arrays["family"][i] == v["families"].index(fam)
     small = rec.rank(
         dataset=known_ds,
@@ -392,6 +389,10 @@ def test_cli_errors_name_file_row_field(trained, tmp_path, capsys) -> None:
     assert recommend.main([f"--bundle={b}", "--dataset-desc=d", f"--candidates={models}"]) == 2
     err = capsys.readouterr().err
     assert "models.csv row 1" in err and "field 'params'" in err
+    models.write_text("model,release_date\nnever-seen-model,last spring\n")
+    assert recommend.main([f"--bundle={b}", "--dataset-desc=d", f"--candidates={models}"]) == 2
+    err = capsys.readouterr().err
+    assert "models.csv row 1" in err and "field 'release_date'" in err
 
 
 def test_router_pools(rec) -> None:

@@ -44,6 +44,7 @@ SWITCHES = (
     "use_size_feature",
     "use_size_prior",
     "use_family_prior",
+    "use_release",
 )
 
 
@@ -53,7 +54,8 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
             model_id_dim=16, name_dim=8, dataset_id_dim=8, task_dim=4, metric_dim=4, size_dim=4,
             family_dim=4, hidden_dim=16, dropout=0.1, model_id_dropout=0.1,
             dataset_id_dropout=0.1, init_temperature=1.0, compute_dtype="float32",
-            interaction_dim=8, cold_size_prior=0.0, **dict.fromkeys(SWITCHES, True),
+            interaction_dim=8, cold_size_prior=0.0, id_init_std=1.0,
+            **dict.fromkeys(SWITCHES, True),
         )
     )  # fmt: skip
     c.update(overrides)
@@ -125,11 +127,11 @@ def test_factorised_equals_concatenated_in_training() -> None:
 
 def test_first_layer_kernel_is_the_upstream_linear() -> None:
     model = make()
-    assert model.in_dim == 8 + 16 + DESC + 8 + DESC + (4 + 2) + 4 + 4 + 4
+    assert model.in_dim == 8 + 16 + DESC + 8 + DESC + (4 + 2) + 4 + 4 + 4 + 2
     assert model.first_layer_kernel().shape == (model.in_dim, 16)
     assert list(model.feature_dims) == [
         "name", "model_id", "model_desc", "dataset_id", "dataset_desc", "size", "family", "task",
-        "metric",
+        "metric", "release",
     ]  # fmt: skip
 
 
@@ -209,6 +211,7 @@ def test_determinism() -> None:
         ("use_dataset_desc", ["first/kernels/dataset_desc"]),
         ("use_size_feature", ["size_embed/embedding", "first/kernels/size"]),
         ("use_family_prior", ["family_embed/embedding", "first/kernels/family"]),
+        ("use_release", ["first/kernels/release"]),
     ],
 )
 def test_disabled_feature_has_no_params(switch: str, absent: list[str]) -> None:
@@ -288,8 +291,9 @@ def test_param_counts_at_paper_dims() -> None:
         size_dim=64, family_dim=64, hidden_dim=512,
     )  # fmt: skip
     c = param_counts(cfg, PAPER_SIZES)
-    # in_dim 6016 (method.md §4) + (log-size, known); the interaction adds two [512, k] maps.
-    first, second, interaction = 6018 * 512 + 512, 512 * 512 + 512, 2 * 512 * 8
+    # in_dim 6016 (method.md §4) + (log-size, known) + (release, known); the interaction adds
+    # two [512, k] maps.
+    first, second, interaction = 6020 * 512 + 512, 512 * 512 + 512, 2 * 512 * 8
     assert c["backbone"] == first + second + interaction
     assert c["model_id"] == 47_001 * 1536 and c["name"] == 10_000 * 512
     assert c["prior"] == (128 + 2) * 256 + 256 + 256 + 1

@@ -24,6 +24,7 @@ models, ``[U, ...]``
   ``model_desc``   float32  ``[U, Dm]`` frozen description embedding
   ``size_bucket``  int32    0 = unknown size
   ``log_size``     float32  log10(parameters in billions); 0 when the size is unknown
+  ``release``      float32  release date in years since 2000; 0 when unknown
   ``family``       int32    0 = [UNK] family
 groups, ``[S, ...]``
   ``dataset_id``    int32    learned-ID row (0 = [UNK])
@@ -38,7 +39,8 @@ import numpy as np
 
 RECORD_KEYS = ("mask", "segment", "model_slot", "group_slot", "value", "z")
 MODEL_KEYS = (
-    "model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "log_size", "family",
+    "model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "log_size", "release",
+    "family",
 )  # fmt: skip
 GROUP_KEYS = ("dataset_id", "dataset_desc", "task", "metric")
 
@@ -95,6 +97,9 @@ def synthetic_batch(
         "model_desc": rng.normal(size=(num_models, desc_dim)).astype(np.float32),
         "size_bucket": size_bucket,
         "log_size": np.where(size_bucket > 0, rng.uniform(-3, 3, num_models), 0).astype(np.float32),
+        "release": np.where(
+            rng.random(num_models) < 0.8, rng.uniform(18, 26, num_models), 0
+        ).astype(np.float32),
         "family": rng.integers(0, v["family"], num_models).astype(np.int32),
         "dataset_id": rng.integers(0, v["dataset_id"], num_groups).astype(np.int32),
         "dataset_desc": rng.normal(size=(num_groups, desc_dim)).astype(np.float32),

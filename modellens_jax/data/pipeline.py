@@ -225,6 +225,7 @@ class FeatureTables:
             "name_mask": np.asarray(c["model_name_mask"]),
             "size_bucket": np.asarray(c["model_size_bucket"]),
             "log_size": schema.log_size(np.asarray(c["model_params"])),
+            "release": schema.release_years(np.asarray(c["model_release_day"])),
             "family": np.asarray(c["model_family"]),
         }
         self.group_dataset = np.asarray(c["group_dataset"])

@@ -259,3 +259,13 @@ def log_size(params_billions: np.ndarray) -> np.ndarray:
     out = np.zeros(p.shape, np.float32)
     out[known] = np.clip(np.log10(p[known]), -4.0, 4.0)
     return out
+
+
+RELEASE_ORIGIN_YEAR = 2000  # release is stored as years since this origin; 0 = unknown
+
+
+def release_years(days_since_1970: np.ndarray) -> np.ndarray:
+    """Release date as years since 2000 (float32, > 0); 0 when unknown (negative days)."""
+    d = np.asarray(days_since_1970, np.float64)
+    years = (d - 10957.0) / 365.25  # 10957 days from 1970-01-01 to 2000-01-01
+    return np.where(d >= 0, np.maximum(years, 1e-3), 0.0).astype(np.float32)
