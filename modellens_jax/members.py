@@ -111,7 +111,7 @@ def train_members(
     mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.model))
     rows, L = int(config.input.groups_per_batch), int(config.input.list_size)
 
-    graphdef, state, _ = train.init_state(config, sizes, mesh, train.untrained_rows(config, tables))
+    graphdef, state, _ = train.init_state(config, sizes, mesh, train.untrained_rows(sizes, tables))
     stacked, acc, vstep = vectorised(config, graphdef, state, mesh, n)
     weights, rates = member_arrays(configs)
 

@@ -254,9 +254,9 @@ def init_state(
     return graphdef, state, state_sh
 
 
-def untrained_rows(config: ml_collections.ConfigDict, tables: pipeline.FeatureTables):
+def untrained_rows(sizes: FeatureSizes, tables: pipeline.FeatureTables) -> dict[str, np.ndarray]:
     """The embedding rows no training record reaches (``FeatureTables.untrained_rows``)."""
-    return tables.untrained_rows(int(config.data.name_buckets), len(config.data.size_edges) + 2)
+    return tables.untrained_rows(sizes.name_buckets, sizes.num_size_buckets)
 
 
 def _host_scores(x: jax.Array) -> np.ndarray:
@@ -301,7 +301,7 @@ def train_and_evaluate(
         f"{n_proc} process(es)")  # fmt: skip
 
     # --- model and optimizer ---------------------------------------------------------------
-    graphdef, state, state_sh = init_state(config, sizes, mesh, untrained_rows(config, tables))
+    graphdef, state, state_sh = init_state(config, sizes, mesh, untrained_rows(sizes, tables))
 
     # --- data stream -----------------------------------------------------------------------
     max_groups = int(config.input.get("max_groups_per_batch", 0))

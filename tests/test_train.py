@@ -514,7 +514,7 @@ def test_process_streams_disjoint(tables):
 
 def test_untrained_rows_are_exactly_those_no_training_record_uses(tables):
     c = tables.corpus
-    rows = train.untrained_rows(tiny_config(), tables)
+    rows = train.untrained_rows(train.feature_sizes(tiny_config(), tables), tables)
     used: dict[str, set[int]] = {k: set() for k in rows}
     mc, gc = tables.model_cols, tables.group_cols
     for r in np.flatnonzero(np.asarray(c["rec_split"]) == splits.TRAIN):  # slow, obvious loop
@@ -532,7 +532,7 @@ def test_untrained_rows_are_exactly_those_no_training_record_uses(tables):
 
 def test_untrained_rows_start_and_stay_zero(straight, tables):
     _, state = straight
-    rows = train.untrained_rows(tiny_config(), tables)
+    rows = train.untrained_rows(train.feature_sizes(tiny_config(), tables), tables)
     for attr, mask in rows.items():
         table = np.asarray(leaf(state, 0, attr, "embedding"))
         assert mask.any()
