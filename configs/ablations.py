@@ -31,10 +31,11 @@ Size and family (``config/ablation_size``, ``config/ablation_family``)
   no_size_feature      size feature off (which also turns the prior off)
   no_family            family embedding leaves backbone and prior
 Beyond the paper (what this implementation adds to the scorer)
-  no_interaction       no bilinear model × context term (the paper's MLP only)
+  interaction          adds the bilinear model × context term (k = 64; off by default)
   no_release           no release-date input
   no_cold_size_prior   no size prior for models without a learned ID
-  paper_scorer         all three off: the paper's scorer (plus the continuous log-size input)
+  paper_scorer         release and cold prior off, ID tables N(0, 1): the paper's scorer (plus
+                       the continuous log-size input and zeroed untrained rows)
 
 Structural inputs are size (bucket and log-size), family and release date.
 """
@@ -113,17 +114,17 @@ PRESETS = {
     "no_size_feature": _set(use_size_feature=False, use_size_prior=False),
     "no_family": _set(use_family_prior=False),
     # beyond the paper
-    "no_interaction": _set(interaction_dim=0),
+    "interaction": _set(interaction_dim=64),
     "no_release": _set(use_release=False),
     "no_cold_size_prior": _set(cold_size_prior=0.0),
-    "paper_scorer": _set(interaction_dim=0, use_release=False, cold_size_prior=0.0),
+    "paper_scorer": _set(use_release=False, cold_size_prior=0.0, id_init_std=1.0),
 }
 LOSS_PRESETS = ("ensemble", "listwise", "pairwise", "listwise_pointwise", "pairwise_pointwise",
                 "listwise_pairwise")  # fmt: skip
 SOURCE_PRESETS = ("interaction_only", "semantic_only", "structural_only", "interaction_semantic",
                   "interaction_structural", "semantic_structural")  # fmt: skip
 SIZE_FAMILY_PRESETS = ("no_size_prior", "no_size_feature", "no_family")
-EXTENSION_PRESETS = ("no_interaction", "no_release", "no_cold_size_prior", "paper_scorer")
+EXTENSION_PRESETS = ("interaction", "no_release", "no_cold_size_prior", "paper_scorer")
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:

@@ -310,8 +310,9 @@ def test_ablation_presets_switch_as_documented():
     assert not m.use_size_feature and not m.use_size_prior and m.use_family_prior
     assert not abl.get_config("no_family").model.use_family_prior
     m = abl.get_config("paper_scorer").model
-    assert (m.interaction_dim, m.use_release, m.cold_size_prior) == (0, False, 0.0)
-    assert default.model.interaction_dim > 0 and default.model.use_release
+    assert (m.interaction_dim, m.use_release, m.cold_size_prior, m.id_init_std) == (0, False, 0, 1)
+    assert abl.get_config("interaction").model.interaction_dim > 0
+    assert default.model.interaction_dim == 0 and default.model.use_release
     assert default.model.cold_size_prior > 0
     with pytest.raises(ValueError, match="unknown ablation preset"):
         abl.get_config("nope")
