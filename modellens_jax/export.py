@@ -11,9 +11,7 @@ Bundle layout (see :mod:`modellens_jax.serve`, which reads it without flax, orba
   params.safetensors     model parameters only, flat '/'-joined names ("first/kernels/name")
   tables.safetensors     per known model (rows in vocab order): models/{model_id, name_tokens,
                          name_mask, size_bucket, log_size, release, family, params,
-                         model_desc}; per
-                         known dataset:
-                         datasets/{dataset_id, dataset_desc}
+                         model_desc}; per known dataset: datasets/{dataset_id, dataset_desc}
   vocab.json             models, datasets, tasks, metrics, families (index = id; 0 = [UNK])
   texts.json             the texts the description embeddings were computed from
   config.json            the training config

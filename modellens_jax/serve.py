@@ -17,8 +17,8 @@ Featurisation mirrors the compiled corpus: a known model (by exact name) uses it
 (learned ID, name tokens, size bucket and log-size, family, description embedding); an unseen
 model uses ID 0 ([UNK]) but its own name tokens (``schema.name_token_array``), size bucket
 (``schema.size_bucket`` over the bundle's edges) and ``schema.log_size``, release date (an
-optional ``release_date`` column, ``schema.release_years``), family (given or ``schema.derive_family``;
-unknown to the vocabulary -> 0) and the embedding of ``corpus.model_text``. A known dataset uses
+optional ``release_date`` column, ``schema.release_years``), family (given or
+``schema.derive_family``; unknown to the vocabulary -> 0) and the embedding of ``corpus.model_text``. A known dataset uses
 its learned ID and stored description embedding; an unseen one ID 0 and the embedding of
 ``corpus.dataset_text``. Unknown task/metric -> 0. Every result lists the features that fell
 back to [UNK]/unknown (``unknown``), e.g. ``["model_id", "family", "task"]``.
@@ -475,8 +475,8 @@ class Recommender:
         model_desc: np.ndarray | None = None,
     ) -> ModelPool:
         """Featurises candidate models: a models.csv path (corpus format: ``model`` plus any of
-        ``family, params, model_desp, release_date``), an iterable of such rows (or bare names), or None (all
-        known models). ``model_desc`` gives precomputed description vectors for the unseen rows
+        ``family, params, model_desp, release_date``), an iterable of such rows (or bare names), or
+        None (all known models). ``model_desc`` gives precomputed description vectors for the unseen rows
         (in order) instead of embedding their texts. Duplicate names merge as in the corpus."""
         if rows is None:
             return self.known_models()

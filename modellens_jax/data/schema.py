@@ -261,9 +261,6 @@ def log_size(params_billions: np.ndarray) -> np.ndarray:
     return out
 
 
-RELEASE_ORIGIN_YEAR = 2000  # release is stored as years since this origin; 0 = unknown
-
-
 def release_years(days_since_1970: np.ndarray) -> np.ndarray:
     """Release date as years since 2000 (float32, > 0); 0 when unknown (negative days)."""
     d = np.asarray(days_since_1970, np.float64)
