@@ -282,6 +282,15 @@ def case_negative_params(d):
     return "models.csv", 3, "params", r"negative parameter count -7"
 
 
+def case_fractional_negative_params(d):
+    """Kills the mutant ``params < -1`` (ingest.py negative-params check): a count in [-1, 0)
+    must be refused like any other negative one."""
+    models = base_models()
+    models[3][2] = "-0.5"
+    write_leaderboard(d, models=models)
+    return "models.csv", 4, "params", r"negative parameter count -0.5"
+
+
 def case_non_numeric_params(d):
     models = base_models()
     models[1][2] = "7B"
@@ -711,6 +720,32 @@ def test_cleaning_duplicates_flip_zscores_small_groups(tmp_path):
                 assert abs(zz.mean()) < 1e-5 and abs(zz.std() - 1) < 1e-5
             else:
                 assert np.all(zz == 0)
+
+
+def test_group_of_exactly_min_group_models_is_kept(tmp_path):
+    """Kills the mutant ``size <= min_group_models`` (corpus.py small-group filter): a group
+    with exactly ``min_group_models`` models is kept, one with fewer is dropped."""
+    rows = base_records()
+    rows += [
+        ["QA", "SQuAD", m, "EM", f"{50 + i}", "", "1", "src", ""] for i, m in enumerate(MODELS[:2])
+    ]
+    rows.append(["QA", "TriviaQA", MODELS[0], "EM", "60", "", "1", "src", ""])
+    src = write_leaderboard(tmp_path / "src", records=rows)
+    compiled = corpus.build(data_cfg(src))  # configs/default.py: min_group_models = 2
+    r, a, v = compiled.report, compiled.arrays, compiled.vocab
+    assert r["groups_too_small"] == 1 and r["records_in_small_groups"] == 1
+    assert r["groups"] == 4 and r["records"] == 20
+    sizes = {
+        (v["datasets"][a["group_dataset"][g]], v["metrics"][a["group_metric"][g]]): int(
+            a["group_offsets"][g + 1] - a["group_offsets"][g]
+        )
+        for g in range(len(a["group_offsets"]) - 1)
+    }
+    assert sizes[("SQuAD", "EM")] == 2
+    assert ("TriviaQA", "EM") not in sizes
+    # and the threshold is the configured one: with 3 the 2-model group goes too
+    r3 = corpus.build(data_cfg(src, min_group_models=3)).report
+    assert r3["groups_too_small"] == 2 and r3["groups"] == 3 and r3["records"] == 18
 
 
 # --- metric directions ---------------------------------------------------------------------------
