@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from modellens_jax import losses, optim
@@ -84,3 +86,66 @@ def test_untouched_rows_are_not_updated():
     np.testing.assert_array_equal(before[3:], after[3:])  # ids 3..5 never appear
     assert not np.array_equal(before[:3], after[:3])
     assert np.all(np.asarray(model.model_id_embed.nu[...])[3:] == 0)
+
+
+def _tiny(**optim_overrides):
+    c = _config(False)
+    for k, v in optim_overrides.items():
+        c.optim[k] = v
+    return c
+
+
+def _expected_lr(t, *, lr, steps, warm, floor=0.05):
+    """The documented schedule written out by hand: linear warm-up from 0, then a half cosine
+    from ``lr`` down to ``floor * lr`` at the last step, constant after."""
+    if t < warm:
+        return lr * t / warm
+    frac = min(t - warm, steps - warm) / (steps - warm)
+    return floor * lr + (lr - floor * lr) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def test_cosine_schedule_matches_the_hand_computed_curve():
+    """Kills the mutant "cosine floor 5% -> 50%" (optim.py schedule): values are compared with a
+    schedule computed independently of optax, with and without warm-up."""
+    for warm in (0, 10):
+        c = _tiny(learning_rate=1e-3, warmup_steps=warm, decay="cosine")
+        c.train.steps = 100
+        sched = optim.schedule(c)
+        for t in (0, 1, 5, 10, 30, 55, 80, 99, 100, 150):
+            want = _expected_lr(t, lr=1e-3, steps=100, warm=warm)
+            assert float(sched(t)) == pytest.approx(want, rel=1e-5, abs=1e-12), (warm, t)
+        assert float(sched(100)) == pytest.approx(5e-5, rel=1e-5)  # the 5 % floor
+    c = _tiny(learning_rate=1e-3, warmup_steps=10, decay="constant")
+    c.train.steps = 100
+    sched = optim.schedule(c)
+    assert [float(sched(t)) for t in (0, 5, 10, 99)] == pytest.approx([0, 5e-4, 1e-3, 1e-3])
+
+
+# Which parameters get weight decay, listed by path (the docstring's rule: kernels and
+# embedding tables yes, biases and the temperature no).
+def _decayed_by_path(path: str) -> bool:
+    if path.endswith("['bias']") or path == "['temperature']":
+        return False
+    assert path.endswith(("['kernel']", "['embedding']")) or "['kernels']" in path, path
+    return True
+
+
+def test_weight_decay_mask_by_parameter_path():
+    """Kills the mutant "weight decay on biases (ndim >= 1)" (optim.py decay_mask). With zero
+    gradients AdamW's step is exactly ``-lr * wd * p`` on decayed parameters and nothing
+    elsewhere, so one update shows which parameters the mask covers."""
+    lr, wd = 1e-2, 0.5
+    c = _tiny(learning_rate=lr, weight_decay=wd, warmup_steps=0, decay="constant")
+    model, opt = optim.create(c, SIZES, seed=0)
+    params = nnx.state(model, nnx.Param)
+    ones = jax.tree.map(jnp.ones_like, params)
+    nnx.update(model, ones)  # biases start at zero, where decay would be invisible
+    opt.update(model, jax.tree.map(jnp.zeros_like, ones))
+    after = nnx.state(model, nnx.Param)
+    seen = set()
+    for path, x in jax.tree_util.tree_leaves_with_path(after):
+        name = jax.tree_util.keystr(path).removesuffix(".value")
+        want = 1.0 - lr * wd if _decayed_by_path(name) else 1.0
+        np.testing.assert_allclose(np.asarray(x), want, rtol=1e-6, err_msg=name)
+        seen.add(_decayed_by_path(name))
+    assert seen == {True, False}
