@@ -397,16 +397,47 @@ def test_interaction_starts_at_zero_and_off_has_no_params() -> None:
 
 
 def test_log_size_orders_models_inside_a_size_bucket() -> None:
+    """Models identical but for their log-size, all in one size bucket: the model side moves
+    along the log-size row of the size kernel, in the order of the sizes (not just "changes")."""
     model, b = make(), batch(16)
-    b["size_bucket"] = jnp.full_like(b["size_bucket"], 5)
-    side = model.model_side(b)
-    side2 = model.model_side(dict(b, log_size=b["log_size"] + 1.0))
-    assert np.abs(np.asarray(side2 - side)).min(-1).max() > 0
+    u = b["model_id"].shape[0]
+    same = {k: jnp.repeat(b[k][:1], u, axis=0) for k in MODEL_KEYS}
+    log_size = jnp.linspace(-1.0, 2.0, u)
+    same.update(size_bucket=jnp.full((u,), 5, b["size_bucket"].dtype), log_size=log_size)
+    side = np.asarray(model.model_side(dict(b, **same)))
+    size_dim = model.size_embed.embedding[...].shape[1]
+    w = np.asarray(model.first.kernels["size"][...])[size_dim]  # the log-size input's row
+    np.testing.assert_allclose(
+        side - side[:1], (np.asarray(log_size) - log_size[0])[:, None] * w, rtol=1e-5, atol=1e-5
+    )
+    proj = side @ w
+    assert np.all(np.diff(proj) > 0), proj  # bigger model, further along w
+    assert np.argsort(proj).tolist() == np.argsort(np.asarray(log_size)).tolist()
     # Unknown size (bucket 0): log-size is ignored.
     b0 = dict(b, size_bucket=jnp.zeros_like(b["size_bucket"]))
     np.testing.assert_array_equal(
         model.model_side(b0), model.model_side(dict(b0, log_size=b0["log_size"] + 1.0))
     )
+
+
+def test_dropout_rescales_kept_units_by_one_over_keep() -> None:
+    """Kills the mutant "dropout without the 1/keep rescale" (model.py ``_dropout``): checked
+    against a numpy expectation, not against another path through ``_dropout``. Kept units are
+    ``x / keep``, dropped ones 0, the kept fraction is ``keep`` and the mean is preserved."""
+    from modellens_jax.model import _dropout
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.5, 1.5, (64, 256)).astype(np.float32)  # no zeros: kept <=> nonzero
+    for rate in (0.25, 0.6):
+        keep = 1.0 - rate
+        out = np.asarray(jax.jit(_dropout)(jnp.asarray(x), jnp.float32(rate), jax.random.key(3)))
+        kept = out != 0
+        expect = np.where(kept, x / np.float32(keep), 0.0)
+        np.testing.assert_allclose(out, expect, rtol=1e-6)
+        n = x.size
+        assert abs(kept.mean() - keep) < 4 * np.sqrt(keep * (1 - keep) / n)
+        assert abs(out.mean() / x.mean() - 1) < 0.03
+    np.testing.assert_array_equal(np.asarray(_dropout(jnp.asarray(x), 0.0, jax.random.key(0))), x)
 
 
 @pytest.mark.parametrize("weight", [0.0, 3.0])
