@@ -294,6 +294,29 @@ def test_bpr_sampled():
     assert np.all(np.isfinite(grad)) and grad[0, 2] == 0
 
 
+def test_bpr_sampled_zgap_weights_are_capped():
+    """Kills the mutant "sampled BPR z-gap loses its weight cap" (losses.py, the ``num_pairs``
+    branch). Each row holds exactly one valid pair, so every draw is that pair and the sampled
+    sum is ``num_pairs`` times the all-pairs reference (tests/reference.py), with z gaps above
+    and below the cap."""
+    s = np.array([[0.5, -0.2, 9.0], [1.0, 0.3, -4.0], [-0.4, 0.6, 2.0]], np.float32)
+    v = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 5.0], [3.0, 1.0, 0.0]], np.float32)
+    m = np.array([[True, True, False], [True, True, False], [True, True, False]])
+    z = np.array(
+        [[3.0, -2.0, 7.0], [0.1, 0.9, -6.0], [0.2, -1.0, 4.0]], np.float32
+    )  # gaps 5, .8, 1.2
+    cap, draws = 1.5, 7
+    total, count = bpr_jit(s, v, mask=m, z=z, weighting="zgap", weight_cap=cap,
+                           pair_key=jax.random.key(0), num_pairs=draws)  # fmt: skip
+    want_sum, want_count = ref.bpr_loss_ref(s, v, m, None, z, "zgap", cap)
+    assert want_count == 3 and count == draws * 3
+    np.testing.assert_allclose(total, draws * want_sum, rtol=1e-5)
+    by_hand = sum(
+        min(gap, cap) * np.log1p(np.exp(-d)) for gap, d in ((5.0, 0.7), (0.8, -0.7), (1.2, -1.0))
+    )
+    np.testing.assert_allclose(total, draws * by_hand, rtol=1e-5)
+
+
 def test_pointwise_matches_reference():
     c = make_case(9)
     pred = np.random.default_rng(1).normal(size=c["z"].shape).astype(np.float32)
