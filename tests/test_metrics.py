@@ -114,14 +114,32 @@ def test_weighted_tau_matches_scipy(seed):
         np.testing.assert_allclose(tref[r], stats.weightedtau(x, y, rank=None).statistic, atol=2e-6)
 
 
-def test_reference_formula_matches_scipy():
+def test_weighted_tau_with_many_ties_matches_scipy():
+    """The package's ``metrics.weighted_tau`` (not only tests/reference.py) on short lists of
+    heavily tied integer values and scores, one list at a time, against scipy."""
     rng = np.random.default_rng(0)
+    tau_jit = jax.jit(metrics.weighted_tau)
+    checked = 0
     for _ in range(20):
         n = int(rng.integers(2, 12))
         x = rng.integers(0, 4, n).astype(float)
         y = rng.integers(0, 4, n).astype(float)
         want = stats.weightedtau(x, y, rank=None).statistic
         np.testing.assert_allclose(ref.weighted_tau_formula(x, y), want, atol=1e-12)
+        pad = 12 - n  # padded slots hold garbage that must not count
+        v = np.concatenate([x, rng.normal(size=pad)])[None].astype(np.float32)
+        s = np.concatenate([y, rng.normal(size=pad)])[None].astype(np.float32)
+        mask = (np.arange(12) < n)[None]
+        tau, valid = map(np.asarray, tau_jit(v, s, mask=mask))
+        if np.isfinite(want):
+            assert valid[0]
+            np.testing.assert_allclose(tau[0], want, atol=2e-6)
+            checked += 1
+        elif len(set(x)) < 2:
+            assert not valid[0]
+        else:
+            assert valid[0] and tau[0] == 0
+    assert checked >= 15
 
 
 def test_documented_top_and_bottom_swaps():
