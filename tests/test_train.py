@@ -311,6 +311,43 @@ def test_corrupted_latest_checkpoint_falls_back(no_eval, straight, workdir, dama
     assert any((workdir / "checkpoints.corrupt").iterdir())
 
 
+def test_checksum_sees_every_bit_of_every_element():
+    """Kills the mutant "checksum weights 2i+1 -> 2i" (checkpointing.py ``_leaf_checksum``):
+    flipping the float32 sign bit of any element (element 0 included), or any single bit of an
+    int, bool or bfloat16 leaf, changes that leaf's checksum, and ``_verify`` refuses it."""
+    rng = np.random.default_rng(0)
+    state = {
+        "f32": rng.normal(size=(5, 7)).astype(np.float32),
+        "i32": rng.integers(-9, 9, (13,)).astype(np.int32),
+        "b": rng.random(6) < 0.5,
+        "bf16": jnp.asarray(rng.normal(size=(9,)), jnp.bfloat16),
+    }
+    _, base = checkpointing.state_audit(jax.tree.map(jnp.asarray, state))
+    leaves = sorted(state)  # jax.tree.leaves order of a dict
+    for name in leaves:
+        x = np.asarray(state[name])
+        flat = x.reshape(-1)
+        width = {1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize]
+        bits = 8 * x.dtype.itemsize
+        for i in sorted({0, 1, flat.size // 2, flat.size - 1}):
+            for bit in {0} if x.dtype == np.bool_ else {0, bits - 1}:
+                y = flat.copy()
+                if x.dtype == np.bool_:
+                    y[i] = ~y[i]
+                else:
+                    y.view(width)[i] ^= width(1 << bit)
+                bad = dict(state, **{name: jnp.asarray(y.reshape(x.shape))})
+                _, got = checkpointing.state_audit(jax.tree.map(jnp.asarray, bad))
+                changed = [k for k, (a, b) in enumerate(zip(got, base)) if a != b]
+                assert changed == [leaves.index(name)], (name, i, bit)
+    f32 = state["f32"].copy()
+    f32[0, 0] = -f32[0, 0]  # the sign of element 0 alone
+    sign_flipped = dict(state, f32=f32)
+    why = checkpointing._verify(jax.tree.map(jnp.asarray, sign_flipped), {"checksums": base})
+    assert why is not None and "checksum mismatch in 1 of 4" in why
+    assert checkpointing._verify(jax.tree.map(jnp.asarray, state), {"checksums": base}) is None
+
+
 # --- 6. divergence ---------------------------------------------------------------------------
 def test_huge_learning_rate_diverges_keeping_good_checkpoints(no_eval, workdir):
     config = tiny_config(
@@ -450,6 +487,32 @@ def test_packing_fill_ratio(tables):
     fill = np.mean([next(it)["mask"].mean() for _ in range(50)])
     print(f"fill ratio at list_size 64, 32 rows, packing: {fill:.3f}")
     assert fill >= 0.85
+
+
+def test_featurize_segments_follow_the_packed_lists(tables):
+    """Kills the mutant "packed segment ids all set to 1" (pipeline.py ``Featurize.map``):
+    lists packed into one row get segments 1, 2, 3, ... in order, padding 0, and inside each
+    row of the real packed stream two records share a segment exactly when they come from the
+    same list (the same group slot, and so the same evaluation group)."""
+    groups = np.unique(tables.rec_group)[:3]
+    lists = [np.flatnonzero(tables.rec_group == g)[:n] for g, n in zip(groups, (3, 2, 4))]
+    feat = pipeline.Featurize(tables, rows=2, list_size=12, num_groups=4)
+    out = feat.map([lists, [lists[1]]])
+    np.testing.assert_array_equal(out["segment"][0], [1, 1, 1, 2, 2, 3, 3, 3, 3, 0, 0, 0])
+    np.testing.assert_array_equal(out["segment"][1], [1, 1] + [0] * 10)
+    ds, _ = pipeline.train_dataset(tables, rows=8, list_size=32, pack=True, seed=0)
+    it = iter(ds)
+    multi = 0
+    for _ in range(5):
+        b = next(it)
+        for r in range(b["mask"].shape[0]):
+            m = b["mask"][r]
+            seg, gs = b["segment"][r][m], b["group_slot"][r][m]
+            assert np.all(b["segment"][r][~m] == 0) and np.all(seg >= 1)
+            same_seg = seg[:, None] == seg[None, :]
+            np.testing.assert_array_equal(same_seg, gs[:, None] == gs[None, :])
+            multi += len(np.unique(seg)) > 1
+    assert multi > 0  # packing did put several lists into one row
 
 
 def test_stream_deterministic(tables):
