@@ -6,6 +6,15 @@ process: every process reads its own shard of the stream) and ``meta`` (config h
 fingerprint, process and worker counts, the loop's early-stopping state and a checksum per state
 leaf).
 
+Every item is checksummed: the state per leaf (``meta["checksums"]``), the iterator state in its
+own file (``{"sha256": ..., "state": ...}``, so each process checks its own) and the metadata by
+``meta["meta_sha256"]`` over the rest of it; any mismatch counts as a corrupted step.
+
+A save that fails (disk full, I/O error; orbax writes asynchronously, so the error may surface at
+the next save or at ``close``) raises ``CheckpointWriteError`` naming the step and the last good
+checkpoint, after removing the step's temporary directory: the previous checkpoints are intact
+and a rerun resumes from them.
+
 A checkpoint is refused (``CheckpointMismatch``) when its metadata says it came from another
 config, corpus or process layout. A newest checkpoint that cannot be read, or whose restored
 state does not match the checksums written with it (truncated or overwritten files), is skipped
@@ -15,9 +24,14 @@ with a message, the previous good one restored, and the bad step moved aside to
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
+import os
+import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,13 +50,35 @@ log = logging.getLogger(__name__)
 
 class _NoMetricsFilter(logging.Filter):
     """Drops orbax's per-save warning for checkpoints saved between validations (those carry
-    no metrics by design; only validated steps compete for best-K)."""
+    no metrics by design; only validated steps compete for best-K), and the error records (with
+    tracebacks, one per background thread) orbax logs when a save fails: the failure reaches the
+    caller as one CheckpointWriteError line instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "/orbax/" in (record.pathname or ""):
+            return False
         return "did not provide metrics" not in record.getMessage()
 
 
 logging.getLogger("absl").addFilter(_NoMetricsFilter())
+
+
+def _quiet_closed_loops(hook):
+    """A ``sys.excepthook`` that drops 'Event loop is closed' (tensorstore completing a write of
+    a failed save after orbax closed its event loop: ~36 tracebacks per failed save on a full
+    disk, printed through the hook by C code), and passes everything else on."""
+
+    def quiet(tp, value, tb):
+        if tp is RuntimeError and str(value) == "Event loop is closed":
+            return
+        hook(tp, value, tb)
+
+    quiet.modellens_quiet = True
+    return quiet
+
+
+if not getattr(sys.excepthook, "modellens_quiet", False):
+    sys.excepthook = _quiet_closed_loops(sys.excepthook)
 
 
 class CheckpointMismatch(ValueError):
@@ -51,6 +87,52 @@ class CheckpointMismatch(ValueError):
 
 class CheckpointCorrupted(ValueError):
     """No checkpoint in the directory could be read back intact."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, I/O error); earlier ones are intact."""
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def seal_meta(meta: dict) -> dict:
+    """``meta`` (JSON-normalised) with ``meta_sha256`` over the rest of it."""
+    meta = json.loads(json.dumps({k: v for k, v in meta.items() if k != "meta_sha256"}))
+    return {**meta, "meta_sha256": _digest(meta)}
+
+
+def meta_problem(meta: dict) -> str | None:
+    """Why ``meta`` is not what was saved (None when it is, or when it predates checksums)."""
+    want = meta.get("meta_sha256")
+    if want is None:
+        return None
+    if _digest({k: v for k, v in meta.items() if k != "meta_sha256"}) != want:
+        return "metadata checksum mismatch (meta edited or damaged)"
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:200]}"
+
+
+def _io_reason(e: BaseException) -> str:
+    """The operating-system error under orbax's / tensorstore's wrappers, as 'strerror (ENAME)'
+    (tensorstore reports it inside a ValueError as ``[os_error_code='28']``), else the first
+    line of the message."""
+    seen, cur = set(), e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno:
+            return f"{os.strerror(cur.errno)} ({errno.errorcode.get(cur.errno, cur.errno)})"
+        m = re.search(r"os_error_code='?(\d+)", str(cur))
+        if m:
+            code = int(m.group(1))
+            return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
+        cur = cur.__cause__ or cur.__context__
+    return _first_line(e)
 
 
 class _IteratorState:
@@ -63,12 +145,20 @@ class _IteratorState:
 
     def __init__(self, state: Any = None):
         self.state = state
+        self.sealed = False  # the file carried a checksum
+        self.problem: str | None = None
 
     def get_state(self) -> bytes:
-        return json.dumps(self.state).encode()
+        return json.dumps({"sha256": _digest(self.state), "state": self.state}).encode()
 
     def set_state(self, state: bytes) -> None:
-        self.state = json.loads(state)
+        obj = json.loads(state)
+        if isinstance(obj, dict) and set(obj) == {"sha256", "state"}:
+            self.sealed, self.state = True, obj["state"]
+            if _digest(self.state) != obj["sha256"]:
+                self.problem = "data-iterator state checksum mismatch (edited or damaged)"
+        else:  # written before iterator checksums
+            self.state = obj
 
     def start_prefetch(self) -> None:  # called by grain's handler after set_state
         pass
@@ -90,6 +180,7 @@ class Checkpointer:
                  judge: str = "judge", async_save: bool = True):  # fmt: skip
         self.directory = Path(directory).absolute()
         self.judge = judge
+        self._pending: int | None = None
         keep = [policies.LatestN(max(int(keep_latest), 1))]
         if keep_best > 0:
             keep.append(
@@ -115,16 +206,55 @@ class Checkpointer:
              metrics: dict[str, float] | None = None) -> None:  # fmt: skip
         """Saves asynchronously (returns once the state is copied off the devices); ``metrics``
         (validation) feed the best-K policy. ``meta`` should hold ``state_audit(state)``'s
-        checksums under ``"checksums"`` so a damaged copy is caught at restore."""
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(_IteratorState(data_state)),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics=metrics,
-        )
+        checksums under ``"checksums"`` so a damaged copy is caught at restore.
+
+        Raises :class:`CheckpointWriteError` when this save, or the previous asynchronous one,
+        cannot be written."""
+        meta = seal_meta({**meta, "iterator_sealed": True})
+        self._pending = step
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=grain.checkpoint.CheckpointSave(_IteratorState(data_state)),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                metrics=metrics,
+            )
+        except Exception as e:
+            self._write_failed(e)
+
+    def _write_failed(self, e: BaseException) -> None:
+        """Removes what the failed save left, then raises CheckpointWriteError."""
+        self._remove_temporaries()
+        try:
+            self.manager.reload()
+        except Exception:
+            pass
+        good = [s for s in self._final_steps() if s != self._pending]
+        last = f"step {good[-1]} ({self.directory / str(good[-1])})" if good else "none"
+        raise CheckpointWriteError(
+            f"could not write the checkpoint of step {self._pending} in {self.directory} "
+            f"({_io_reason(e)}); the last good checkpoint is {last}; temporary "
+            "files removed. Free space (or fix the filesystem) and rerun to resume."
+        ) from e
+
+    def _final_steps(self) -> list[int]:
+        """Steps with a finalized directory on disk (orbax's commit marker written)."""
+        out = []
+        if self.directory.is_dir():
+            for d in self.directory.iterdir():
+                if d.name.isdigit() and d.is_dir() and _finalized(d):
+                    out.append(int(d.name))
+        return sorted(out)
+
+    def _remove_temporaries(self) -> None:
+        if jax.process_index() != 0 or not self.directory.is_dir():
+            return
+        for d in self.directory.iterdir():
+            if ".orbax-checkpoint-tmp" in d.name or (d.name.isdigit() and not _finalized(d)):
+                shutil.rmtree(d, ignore_errors=True)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -153,9 +283,12 @@ class Checkpointer:
         for s in candidates:
             try:
                 meta = self.read_meta(s)
+                why = meta_problem(meta)
             except Exception as e:  # unreadable metadata: treat as corrupted
-                bad.append((s, f"metadata unreadable ({type(e).__name__}: {e})"))
-                say(f"warning: checkpoint step {s} is corrupted: {bad[-1][1]}; "
+                why = f"metadata unreadable ({type(e).__name__}: {e})"
+            if why:
+                bad.append((s, why))
+                say(f"warning: checkpoint step {s} is corrupted: {why}; "
                     "falling back to an older checkpoint")  # fmt: skip
                 continue
             self._check(s, meta, expect, config_json)
@@ -168,9 +301,13 @@ class Checkpointer:
                     ),
                 )
                 problem = _verify(out["state"], meta)
+                data = out["data"]
+                if not problem and data.problem:
+                    problem = data.problem
+                if not problem and meta.get("iterator_sealed") and not data.sealed:
+                    problem = "data-iterator state without its checksum (edited or damaged)"
             except Exception as e:  # first line only: tensorstore errors embed a long spec
-                first = (str(e).strip().splitlines() or [""])[0]
-                problem = f"{type(e).__name__}: {first[:200]}"
+                problem = _first_line(e)
             if problem:
                 bad.append((s, problem))
                 say(f"warning: checkpoint step {s} is corrupted or incomplete ({problem}); "
@@ -223,7 +360,10 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            self._write_failed(e)
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -232,8 +372,19 @@ class Checkpointer:
         self.close()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for every asynchronous save, then closes (CheckpointWriteError if one failed)."""
+        try:
+            self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception as e:  # the failed save's error, raised again: already reported
+                log.debug("closing the checkpoint manager: %s", e)
+
+
+def _finalized(d: Path) -> bool:
+    """Whether orbax finished the step directory ``d`` (its commit marker is there)."""
+    return (d / "_CHECKPOINT_METADATA").exists() or (d / "commit_success.txt").exists()
 
 
 def config_diff(saved_json: str, current_json: str, sections=None) -> list[str]:

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
+from modellens_jax.config_check import ConfigError
 from modellens_jax.data.ingest import CorpusError
+from modellens_jax.jobguard import WorkdirLocked
 
 
 class UsageError(ValueError):
@@ -30,7 +32,7 @@ def run(main: Callable[[list[str]], int | None]) -> None:
         logging.getLogger("absl").setLevel(logging.WARNING)
         try:
             return main(argv)
-        except (CorpusError, UsageError, FileNotFoundError) as e:
+        except (CorpusError, UsageError, ConfigError, WorkdirLocked, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import shutil
@@ -49,7 +50,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from modellens_jax import checkpointing, fsutil, optim, serve, sharding, train
+from modellens_jax import checkpointing, fsutil, jobguard, optim, serve, sharding, train
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import pipeline
 from modellens_jax.model import Scorer
@@ -433,7 +434,17 @@ def export(
     step: int | None = None,
     platforms: Sequence[str] = PLATFORMS,
 ) -> Path:
-    """Restores ``workdir`` (best, latest or ``step``) and writes its bundle to ``out``."""
+    """Restores ``workdir`` (best, latest or ``step``) and writes its bundle to ``out``.
+
+    Two exports into one bundle path are refused (``jobguard.WorkdirLocked``): the lock is
+    ``.<bundle name>.lock`` beside it, held for the whole export."""
+    out = Path(out).absolute()
+    with jobguard.WorkdirLock(out.parent, "export", name=f"{out.name}.export",
+                              say=lambda m: print(m, file=sys.stderr)):  # fmt: skip
+        return _export(workdir, out, step=step, platforms=platforms)
+
+
+def _export(workdir, out: Path, *, step: int | None, platforms: Sequence[str]) -> Path:
     r = restore(workdir, step)
     source = {
         "workdir": str(Path(workdir).absolute()),
@@ -481,10 +492,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         ExportError,
         checkpointing.CheckpointMismatch,
         checkpointing.CheckpointCorrupted,
+        jobguard.WorkdirLocked,
         FileNotFoundError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only filesystem, ...: the temp dir is already gone
+        what = f"{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})" if e.errno else e
+        print(f"error: could not write the bundle {Path(args.out).absolute()}: {what}"
+              f"{f' at {e.filename}' if e.filename else ''}; nothing was written (an existing "
+              "bundle there is unchanged)", file=sys.stderr)  # fmt: skip
+        return jobguard.EXIT_IOERR
     manifest = json.loads((out / "manifest.json").read_text())
     size = sum(f["bytes"] for f in manifest["files"].values())
     print(

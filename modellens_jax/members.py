@@ -14,6 +14,7 @@ separate run would. At the end each member is written as an ordinary run directo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from modellens_jax import checkpointing, evaluate, sharding, train
+from modellens_jax import checkpointing, config_check, evaluate, jobguard, sharding, train
 from modellens_jax.data import pipeline, splits
 
 WEIGHT_KEYS = {f"loss.weights.{k}": k for k in ("listwise", "pairwise", "pointwise")}
@@ -103,8 +104,20 @@ def train_members(
     if len(names) != len(members) or len(set(names)) != len(names):
         raise ValueError(f"--names must give {len(members)} distinct names, got {names}")
     root = Path(workdir)
-    say = print if (verbose and jax.process_index() == 0) else (lambda *a, **k: None)
     configs = [member_config(config, m) for m in members]
+    for cfg in [config, *configs]:
+        config_check.validate(cfg)
+    # Every member's run directory, for the whole job (not the root: a sweep runs several
+    # members jobs on one root at once, each with its own members).
+    locks = [jobguard.WorkdirLock(root / n, f"members (member {n})") for n in names]
+    with contextlib.ExitStack() as stack:
+        for lk in locks:
+            stack.enter_context(lk)
+        return _train_members(config, root, configs, names, verbose)
+
+
+def _train_members(config, root: Path, configs, names, verbose: bool) -> list[Any]:
+    say = print if (verbose and jax.process_index() == 0) else (lambda *a, **k: None)
     n = len(configs)
     corpus, tables = train.load_data(config, root, verbose=verbose)
     sizes = train.feature_sizes(config, tables)

@@ -60,6 +60,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from modellens_jax import config_check, jobguard
+
 Point = dict[str, Any]
 
 TRAIN_MODULE = "modellens_jax.train"
@@ -371,6 +373,10 @@ def plan(config_spec: str, root: str | os.PathLike, extra: str | Sequence[str] =
         try:
             cfg = resolve_config(config_spec, [*flags_, *extra_args])
         except SweepError as e:
+            raise SweepError(f"run {name}: {e}") from None
+        try:  # the trainer's own checks, before any run starts
+            config_check.validate(cfg, check_mesh=False)
+        except config_check.ConfigError as e:
             raise SweepError(f"run {name}: {e}") from None
         for key, value in point.items():
             got = _get(cfg, key.removeprefix("config."))
@@ -920,11 +926,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted = False
     if todo and not a.aggregate_only:
         gpus = [g.strip() for g in a.gpus.split(",") if g.strip()]
+        lock = jobguard.WorkdirLock(root, "sweep", name="sweep",
+                                    say=lambda s: print(s, file=sys.stderr))  # fmt: skip
+        try:
+            lock.acquire()  # two sweeps on one root: the second is refused
+        except jobguard.WorkdirLocked as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         try:
             codes = execute(jobs, parallel=a.parallel, python=python, gpus=gpus,
                             say=lambda s: print(s, flush=True))  # fmt: skip
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            lock.release()
     failed = [n for n, c in codes.items() if c != 0]
     rows = aggregate(runs, root, judge=judge, title=title, failed=failed)
     print((root / "sweep.md").read_text())

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from modellens_jax import checkpointing, evaluate, losses, optim, sharding
+from modellens_jax import checkpointing, config_check, evaluate, jobguard, losses, optim, sharding
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import pipeline, splits
 from modellens_jax.metric_writer import MetricWriter
@@ -41,9 +41,15 @@ class TrainingDiverged(RuntimeError):
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:
-    """Hash of the config sections that must match for a checkpoint to resume."""
+    """Hash of the config sections that must match for a checkpoint to resume.
+
+    ``train.steps`` is in it when the learning-rate schedule depends on it (cosine decay):
+    resuming with another ``steps`` would silently change the schedule of the steps done, so
+    such a resume is refused with the differing key named."""
     d = json.loads(config.to_json_best_effort())
     sub = {k: d[k] for k in STRUCTURAL_SECTIONS if k in d}
+    if d.get("optim", {}).get("decay") == "cosine":
+        sub["train.steps"] = d.get("train", {}).get("steps")
     return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -269,10 +275,38 @@ def train_and_evaluate(
     stop_after: int | None = None,
 ) -> TrainResult:  # fmt: skip
     """Trains (resuming from ``workdir`` if it holds checkpoints); ``stop_after`` simulates an
-    interruption after that many steps of this call (tests)."""
+    interruption after that many steps of this call (tests).
+
+    The config is validated first (``config_check.ConfigError``); the workdir is locked for the
+    run (``jobguard.WorkdirLocked`` if another job holds it). SIGTERM / SIGINT finish the
+    current step, save its checkpoint, wait for every save and raise ``jobguard.Interrupted``;
+    a checkpoint that cannot be written raises ``checkpointing.CheckpointWriteError``."""
+    config_check.validate(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     say = print if (verbose and jax.process_index() == 0) else (lambda *a, **k: None)
+    lock = jobguard.WorkdirLock(
+        workdir, "train", enabled=jax.process_index() == 0,
+        say=lambda m: print(m, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    with lock, jobguard.StopSignals() as stop:
+        return _train_and_evaluate(config, workdir, say, verbose, stop_after, stop)
+
+
+def _stop_requested(stop: jobguard.StopSignals) -> str | None:
+    """The signal that asked this run to stop (agreed over processes: any one's counts)."""
+    if jax.process_count() == 1:
+        return stop.requested
+    from jax.experimental import multihost_utils
+
+    names = jobguard.StopSignals.SIGNALS
+    code = names.index(stop.requested) + 1 if stop.requested else 0
+    got = int(np.max(multihost_utils.process_allgather(np.int32(code))))
+    return names[got - 1] if got else None
+
+
+def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: int | None,
+                        stop: jobguard.StopSignals) -> TrainResult:  # fmt: skip
+    workdir.mkdir(parents=True, exist_ok=True)
 
     # --- data ----------------------------------------------------------------------------
     corpus, tables = load_data(config, workdir, verbose=verbose)
@@ -389,6 +423,7 @@ def train_and_evaluate(
     t_start = time.perf_counter()
     compiles_after_warmup = None
     final_step = start
+    interrupted: str | None = None
     if start == 0 and bool(config.train.eval_at_start):  # the curve's starting point
         res0 = evaluate.evaluate_settings(model_scorer, tables, splits.VAL)
         judge0 = evaluate.judge_value(res0, str(config.train.judge))
@@ -407,9 +442,11 @@ def train_and_evaluate(
             last_data_state = data_state
             if step == start + 1:
                 compiles_after_warmup = step_fn._cache_size()
+            interrupted = _stop_requested(stop)  # finish this step, save it, stop
             log_now = step % int(config.train.log_every) == 0 or step == end
             eval_now = step % int(config.train.eval_every) == 0 or step == total
-            ckpt_now = step % int(config.train.checkpoint_every) == 0 or step == end or eval_now
+            ckpt_now = (step % int(config.train.checkpoint_every) == 0 or step == end or eval_now
+                        or interrupted is not None)  # fmt: skip
             if not (log_now or eval_now or ckpt_now):
                 continue
             # --- host sync point: read accumulated sums ----------------------------------
@@ -451,7 +488,7 @@ def train_and_evaluate(
                 writer.write(step, flat)
                 history.append({"step": step, "judge": judge, **flat, **row})
                 say(f"  val {config.train.judge}: " + "  ".join(
-                    f"{s} {r[config.train.judge]:.4f}" for s, r in res.items()) + f"  mean {judge:.4f}")  # fmt: skip
+                    f"{s} {r.get(config.train.judge, float('nan')):.4f}" for s, r in res.items()) + f"  mean {judge:.4f}")  # fmt: skip
                 metrics_for_ckpt = {"judge": judge}
                 # NaN (no scorable group) never counts as best, and never blocks a later one.
                 if best is None or (np.isfinite(judge) and not judge <= best["judge"]):
@@ -465,14 +502,24 @@ def train_and_evaluate(
             # The timing window restarts after the host work (eval, checkpoint) so that
             # records/s and data-wait measure training steps only.
             t_window, wait_window, fill_real, fill_all = time.perf_counter(), 0.0, 0, 0
+            if interrupted is not None:
+                break
             if stop_early:
                 say(f"early stop at step {step}: no improvement in {patience} evaluations "
                     f"(best {best['judge']:.4f} at step {best['step']})")  # fmt: skip
                 break
     finally:
         prefetch.close()
-        ckpt.close()  # waits for async saves: the next run sees every checkpoint
-        writer.close()
+        try:
+            ckpt.close()  # waits for async saves: the next run sees every checkpoint
+        finally:
+            writer.close()
+    if interrupted is not None:
+        raise jobguard.Interrupted(
+            f"interrupted by {interrupted} at step {final_step}/{total}: checkpoint {final_step} "
+            f"saved in {workdir / 'checkpoints'}; rerun the same command to resume",
+            final_step, interrupted,
+        )  # fmt: skip
     compiles = step_fn._cache_size()
     if compiles_after_warmup is not None and compiles != compiles_after_warmup:
         say(f"warning: the step recompiled after warm-up ({compiles_after_warmup} -> {compiles})")
@@ -505,12 +552,27 @@ def main(argv):
     distributed.initialize_from_flags()
     config = flags.FLAGS["config"].value
     workdir = flags.FLAGS["workdir"].value
+    return run_guarded(lambda: train_and_evaluate(config, workdir))
+
+
+def run_guarded(fn) -> int:
+    """Runs ``fn`` and maps what clusters do to jobs to one line and an exit status
+    (``jobguard``'s table): 3 diverged / refused / unreadable checkpoints, 74 a checkpoint that
+    could not be written, 75 stopped by a signal after saving. Usage errors (bad config, locked
+    workdir) propagate to ``cli.run`` (exit 2)."""
     try:
-        train_and_evaluate(config, workdir)
+        fn()
     except (TrainingDiverged, checkpointing.CheckpointMismatch,
             checkpointing.CheckpointCorrupted) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 3
+    except checkpointing.CheckpointWriteError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return jobguard.EXIT_IOERR
+    except jobguard.Interrupted as e:
+        print(str(e), file=sys.stderr, flush=True)
+        return jobguard.EXIT_INTERRUPTED
+    return 0
 
 
 if __name__ == "__main__":

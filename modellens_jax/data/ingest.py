@@ -44,6 +44,18 @@ log = logging.getLogger(__name__)
 
 LINE = "_line"  # column added to every table read from CSV: the file line a row starts on
 
+# A field may be this long (descriptions of 200+ KB are real); the default 128 KiB limit refused
+# them. An unbalanced quote is still caught: the strict reader then reaches the end of the file
+# inside a quoted field, or the next row has the wrong number of fields.
+FIELD_SIZE_LIMIT = 1 << 24
+csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Duplicate records (same task, dataset, model, metric) are merged as the mean of their values
+# when they agree within this fraction of the larger magnitude (sources rounding differently);
+# further apart, they contradict each other and are refused (bad_rows="skip": dropped, counted,
+# and the first such pair named in a warning).
+DUPLICATE_TOLERANCE = 0.25
+
 
 class CorpusError(ValueError):
     """Bad input data or a config that contradicts it; the message names file, row and field.
@@ -105,9 +117,15 @@ class RawCorpus:
 
 # --- file helpers -------------------------------------------------------------------------------
 def _find(directory: Path, stem: str, required: bool = True) -> Path | None:
-    for name in (f"{stem}.csv", f"{stem}.csv.gz"):
-        if (directory / name).exists():
-            return directory / name
+    both = [directory / n for n in (f"{stem}.csv", f"{stem}.csv.gz") if (directory / n).exists()]
+    if len(both) > 1:
+        raise CorpusError(
+            f"{directory}: both {stem}.csv and {stem}.csv.gz exist; remove the one that is not "
+            "current (which one to read would be a guess)",
+            path=directory,
+        )
+    if both:
+        return both[0]
     if required:
         raise CorpusError(f"{directory}: no {stem}.csv or {stem}.csv.gz", path=directory)
     return None
@@ -216,13 +234,19 @@ def _parse_float(
     s = df[field]
     empty = (s == "").to_numpy()
     vals = pd.to_numeric(s.mask(empty), errors="coerce").to_numpy(np.float64)
-    bad = ~np.isfinite(vals) & ~(empty & allow_empty)
+    with np.errstate(invalid="ignore"):
+        huge = np.abs(vals) > FLOAT32_MAX  # stored as float32: would become inf
+    bad = (~np.isfinite(vals) | huge) & ~(empty & allow_empty)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         text = s.iloc[i]
         try:
-            float(text)
-            what = f"{text!r} is not a finite number"
+            x = float(text)
+            what = (
+                f"{text!r} is out of range (|x| > {FLOAT32_MAX:.4g}, the float32 maximum)"
+                if math.isfinite(x)
+                else f"{text!r} is not a finite number"
+            )
         except ValueError:
             what = "empty value" if text == "" else f"{text!r} is not a number"
         if bad_rows != "skip":
@@ -231,6 +255,45 @@ def _parse_float(
         key = f"bad {field}"
         rej[key] = rej.get(key, 0) + int(bad.sum())
     return vals
+
+
+def _conflicting_duplicates(
+    records: pd.DataFrame, path: Path, bad_rows: str, report: dict
+) -> pd.DataFrame:
+    """Refuses (or with bad_rows='skip' drops, counts and warns about) duplicate records whose
+    values differ by more than DUPLICATE_TOLERANCE of the larger magnitude."""
+    key = ["task", "dataset", "model", "metric"]
+    dup = records.duplicated(key, keep=False).to_numpy()
+    if not dup.any():
+        return records
+    sub = records[dup]
+    g = sub.groupby(key, sort=False)["value"]
+    lo, hi = g.transform("min").to_numpy(), g.transform("max").to_numpy()
+    scale = np.maximum(np.abs(lo), np.abs(hi))
+    conflict = (hi - lo) > DUPLICATE_TOLERANCE * scale + 1e-12
+    if not conflict.any():
+        return records
+    i = int(np.flatnonzero(conflict)[0])
+    label = sub.index[i]
+    rows = sub[(sub[key] == sub.loc[label, key]).all(axis=1)]
+    vals = ", ".join(
+        f"{v:g} (row {int(r) + 1}, line {int(ln)})"
+        for r, v, ln in zip(rows.index, rows["value"], rows[LINE])
+    )
+    msg = (
+        f"conflicting duplicate records for (task {rows.iloc[0]['task']!r}, dataset "
+        f"{rows.iloc[0]['dataset']!r}, model {rows.iloc[0]['model']!r}, metric "
+        f"{rows.iloc[0]['metric']!r}): {vals} differ by more than "
+        f"{DUPLICATE_TOLERANCE:.0%}; fix or remove one (bad_rows=skip drops them)"
+    )
+    if bad_rows != "skip":
+        _fail(path, msg, row=int(rows.index[-1]) + 1, line=int(rows[LINE].iloc[-1]), field="value")
+    drop = sub.index[conflict]
+    rej = report.setdefault("rejected", {})
+    rej["conflicting duplicates"] = rej.get("conflicting duplicates", 0) + len(drop)
+    report.setdefault("conflict_warnings", []).append(f"{path}: dropped {len(drop)} records: {msg}")
+    log.warning("%s: dropped %d records: %s", path, len(drop), msg)
+    return records.drop(index=drop)
 
 
 def _to_datetime(values) -> pd.Series:
@@ -330,6 +393,7 @@ def read_leaderboard(
     )
     _parse_dates(records, "date")
     records = records[np.isfinite(records["value"].to_numpy())]
+    records = _conflicting_duplicates(records, rec_path, bad_rows, report)
 
     warnings: list[str] = _unused_overrides(overrides, records)
     mod_path = _find(directory, "models", required=False)
@@ -456,6 +520,9 @@ def read_modellens(
 ) -> RawCorpus:
     """The public ModelLens corpus: data.csv or data_clean.csv plus its JSON side files."""
     overrides = check_direction_overrides(direction_overrides)
+    for stem in ("data", "data_clean"):
+        if (directory / f"{stem}.csv").exists() and (directory / f"{stem}.csv.gz").exists():
+            _find(directory, stem)  # refuses the ambiguity
     path = next(
         (
             directory / n
@@ -474,6 +541,7 @@ def read_modellens(
         records, "value", allow_empty=False, bad_rows=bad_rows, report=report
     )
     records = records[np.isfinite(records["value"].to_numpy())]
+    records = _conflicting_duplicates(records, path, bad_rows, report)
     directions: dict[str, int] = {}
     for label, m in zip(records.index, records["metric"].to_numpy()):
         if m not in directions:
