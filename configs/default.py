@@ -44,6 +44,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.split.dataset_test = 0.10
     c.data.split.model_val = 0.05  # fraction of dated models held out, newest first
     c.data.split.model_test = 0.10
+    # "random": the split above. "backtest": one arrival fold (modellens_jax.backtest sets it):
+    # models released after each dated source's `cutoff` (share of its records by release date)
+    # are new, those after `horizon` are dropped; datasets held out per source; model_test is
+    # unused and model_val picks the newest known models for validation.
+    c.data.split.protocol = "random"
+    c.data.split.cutoff = 0.8
+    c.data.split.horizon = 1.0
 
     # --- embeddings ------------------------------------------------------------------------
     c.embed = ml_collections.ConfigDict()

@@ -23,6 +23,13 @@ evaluation batch (``evaluate`` adds the ``record`` key for scorers with ``needs_
                        embeddings reduced by PCA (optional extra ``[eval]``)
 ``matrix_factorisation``  ALS on the training z-scores, ``z ≈ b_m + u_m · v_g``; a model or group
                        without training records falls back to ``competence``
+``lambdarank``         LightGBM LambdaRank over the competence features of
+                       ``modellens_jax.data.competence`` (the model's z over all / same task /
+                       source / modality / dataset, on the most similar training datasets, its
+                       family's, size and release absolute and relative to the group), trained on
+                       the training groups (features from *other* groups only) plus a copy in
+                       which a seeded half of the models lose their history, as new models do
+                       (optional extra ``[eval]``)
 =====================  ===========================================================================
 
 Ties in a baseline's scores (unknown sizes, a shared family) are broken by the harness in a
@@ -38,7 +45,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from modellens_jax.data import pipeline, splits
+from modellens_jax.data import competence, pipeline, splits
 
 NAMES = (
     "random",
@@ -49,6 +56,7 @@ NAMES = (
     "text_similarity",
     "gbr",
     "matrix_factorisation",
+    "lambdarank",
 )
 
 
@@ -295,6 +303,68 @@ def fit_matrix_factorisation(stats: TrainStats, seed: int = 0, **kw) -> np.ndarr
     return np.where(seen, mf, stats.competence[rm]).astype(np.float32)
 
 
+LAMBDARANK_GRADES = 31  # relevance labels 0..30 from the within-group percentile of z
+
+
+def relevance_grades(
+    z: np.ndarray, group: np.ndarray, grades: int = LAMBDARANK_GRADES
+) -> np.ndarray:
+    """Integer labels ``0..grades-1`` per record: its z's percentile among the records of its
+    group (ties share a grade), for LambdaRank's NDCG gains."""
+    _, pct = competence.group_relative(np.asarray(z, np.float64), np.asarray(group), 0)
+    return np.round(np.nan_to_num(pct, nan=0.5) * (grades - 1)).astype(np.int32)
+
+
+def fit_ranker(
+    x: np.ndarray, labels: np.ndarray, group: np.ndarray, *, seed: int = 0,
+    n_estimators: int = 300,
+):  # fmt: skip
+    """A LightGBM LambdaRank model on rows ``x`` (contiguous per ``group``), deterministic."""
+    try:
+        import lightgbm
+    except ImportError as e:
+        raise BaselineUnavailable(
+            "the lambdarank baseline needs lightgbm: pip install 'modellens-jax[eval]'"
+        ) from e
+    _, sizes = np.unique(group, return_counts=True)
+    if np.any(np.diff(group) < 0):
+        raise ValueError("ranker rows must be contiguous per group (sorted by group)")
+    ranker = lightgbm.LGBMRanker(
+        objective="lambdarank", n_estimators=n_estimators, learning_rate=0.05, num_leaves=31,
+        min_child_samples=20, colsample_bytree=0.8, reg_lambda=1.0,
+        label_gain=list(range(LAMBDARANK_GRADES)), lambdarank_truncation_level=64,
+        deterministic=True, force_row_wise=True, num_threads=1, random_state=seed, verbose=-1,
+    )  # fmt: skip
+    ranker.fit(x, labels, group=sizes)
+    return ranker
+
+
+def lambdarank_training_rows(
+    stats: TrainStats, x: np.ndarray, seed: int = 0, cold_share: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, labels, query ids) the ranker learns from: every training group's training
+    records, then the same groups again with the history features of a seeded ``cold_share`` of
+    the models blanked (NaN), so the ranker also learns how models without history rank."""
+    tr = np.flatnonzero(stats.train)
+    g = stats.tables.rec_group[tr].astype(np.int64)
+    y = relevance_grades(stats.t_z, g)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+    cold = rng.random(stats.num_models) < cold_share
+    x_cold = x[tr].copy()
+    hist = [competence.NAMES.index(n) for n in competence.HISTORY]
+    blank = cold[stats.tables.rec_model[tr]]
+    x_cold[np.ix_(blank, hist)] = np.nan
+    G = stats.num_groups
+    return np.concatenate([x[tr], x_cold]), np.concatenate([y, y]), np.concatenate([g, g + G])
+
+
+def fit_lambdarank(stats: TrainStats, seed: int = 0, **kw) -> np.ndarray:
+    x = competence.features(stats.tables)
+    rows, labels, group = lambdarank_training_rows(stats, x, seed)
+    ranker = fit_ranker(rows, labels, group, seed=seed, **kw)
+    return ranker.predict(x).astype(np.float32)
+
+
 DESCRIPTIONS = {
     "random": "seeded uniform noise",
     "size": "log parameter count, bigger is better (unknown size = median)",
@@ -306,6 +376,8 @@ DESCRIPTIONS = {
     "gbr": "HistGradientBoostingRegressor of z from size, family, task, metric, modality, "
     "description PCA",
     "matrix_factorisation": "ALS (rank 16) on training z; falls back to competence",
+    "lambdarank": "LightGBM LambdaRank on competence features (history, similar datasets, "
+    "family, size and release relative to the group)",
 }
 
 _FITTERS: dict[str, Callable[..., np.ndarray]] = {
@@ -317,6 +389,7 @@ _FITTERS: dict[str, Callable[..., np.ndarray]] = {
     "text_similarity": lambda s, seed: fit_text_similarity(s),
     "gbr": lambda s, seed: fit_gbr(s, seed),
     "matrix_factorisation": lambda s, seed: fit_matrix_factorisation(s, seed),
+    "lambdarank": lambda s, seed: fit_lambdarank(s, seed),
 }
 
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from modellens_jax import metrics
 from modellens_jax.data import batch as batch_lib
-from modellens_jax.data import pipeline, splits
+from modellens_jax.data import competence, pipeline, splits
 
 KS = (1, 10)
 Scorer = Callable[[dict[str, np.ndarray]], Any]
@@ -134,7 +134,11 @@ def evaluate(
             for k in (*batch_lib.RECORD_KEYS, "record"):
                 if k in batch:
                     batch[k] = np.take_along_axis(batch[k], perm, 1)
-        s = scorer(batch)
+        s = np.asarray(scorer(batch), np.float32)
+        # A row with a NaN/inf score is scored as constant: it ranks nothing, so τ = 0 (a
+        # constant ranker's τ is 0 by definition, see metrics.weighted_tau), never skipped.
+        bad = ~np.all(np.isfinite(s) | ~batch["mask"].astype(bool), axis=1, keepdims=True)
+        s = np.where(bad, 0.0, s).astype(np.float32)
         out = jax.device_get(_per_group(batch["value"], s, batch["mask"], ks=ks))
         real = gid >= 0
         per["group"].append(gid[real])
@@ -169,10 +173,10 @@ def aggregate(groups: dict[str, np.ndarray], ks: tuple[int, ...] = KS) -> dict[s
 def evaluate_settings(
     scorer: Scorer, tables: pipeline.FeatureTables, split: int, **kw
 ) -> dict[str, dict[str, float]]:
-    """Aggregate metrics for each of the three settings of ``split``."""
+    """Aggregate metrics for each setting of ``split``."""
     return {
         name: evaluate(scorer, tables, split, setting, **kw)[0]
-        for name, setting in splits.SETTINGS.items()
+        for name, setting in splits.settings_of(tables.corpus).items()
     }
 
 
@@ -187,12 +191,7 @@ def judge_value(results: dict[str, dict[str, float]], judge: str) -> float:
 # --- breakdowns --------------------------------------------------------------------------------
 def group_sources(tables: pipeline.FeatureTables) -> np.ndarray:
     """Per group: its records' source (the most frequent one if they mix; ties -> lower id)."""
-    c = tables.corpus
-    src = np.asarray(c["rec_source"]).astype(np.int64)
-    n_src = len(c.vocab["sources"])
-    counts = np.zeros((c.num_groups, max(n_src, int(src.max(initial=0)) + 1)), np.int64)
-    np.add.at(counts, (tables.rec_group, src), 1)
-    return counts.argmax(1)
+    return competence.group_sources(tables.corpus)
 
 
 def group_modalities(tables: pipeline.FeatureTables) -> np.ndarray:
@@ -219,7 +218,7 @@ def evaluate_report(
     src, mod = group_sources(tables), group_modalities(tables)
     vocab = tables.corpus.vocab
     out = {}
-    for name, setting in splits.SETTINGS.items():
+    for name, setting in splits.settings_of(tables.corpus).items():
         agg, groups = evaluate(scorer, tables, split, setting, **kw)
         out[name] = {
             "overall": agg,
@@ -363,6 +362,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def present_settings(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The settings of a report, in the canonical order (``unseen_both`` in backtests only)."""
+    first = next(iter(results.values()), {})
+    return [s for s in splits.ALL_SETTINGS if s in first]
+
+
 def format_markdown(
     results: Mapping[str, Mapping[str, Mapping[str, Any]]],
     *,
@@ -372,7 +377,7 @@ def format_markdown(
 ) -> str:
     """Markdown report of :func:`compare` output (scorer -> setting -> report)."""
     names = list(results)
-    settings = list(splits.SETTINGS)
+    settings = present_settings(results)
     lines = [f"# {title}", "", *list(preamble or [])]
     lines += [
         "## τ_w by setting",
@@ -442,7 +447,7 @@ def write_chart(results: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Pa
     except ImportError:
         return False
     names = list(results)
-    settings = list(splits.SETTINGS)
+    settings = present_settings(results)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
     width = 0.8 / max(len(names), 1)
     x = np.arange(len(settings))

@@ -101,6 +101,11 @@ def validate_data_config(data_cfg: Mapping[str, Any]) -> None:
     if np.any(np.diff(edges) <= 0):
         raise bad("size_edges", edges.tolist(), "must be strictly increasing")
     split = dict(data_cfg["split"])
+    protocol = split.get("protocol", "random")
+    if protocol not in splits.PROTOCOLS:
+        raise bad("split.protocol", protocol, f"expected one of {', '.join(splits.PROTOCOLS)}")
+    if protocol == "backtest":
+        splits.check_backtest(split.get("cutoff"), split.get("horizon", 1.0))
     seed = split.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise bad("split.seed", seed, "must be an integer")
@@ -165,6 +170,12 @@ def compile_corpus(
     agg["oriented"] = agg["value"] * agg["direction"]
     report["lower_is_better_flipped"] = int((agg["direction"] < 0).sum())
 
+    # --- backtest: models released after the horizon are not known yet -------------------
+    cutoff_by_source: dict[str, int] = {}
+    model_source: dict[str, str] = {}
+    if data_cfg["split"].get("protocol", "random") == "backtest":
+        agg, cutoff_by_source, model_source = _backtest_horizon(raw, agg, data_cfg, report)
+
     # --- groups with < min models kept out ---------------------------------------------------
     gkey = ["dataset", "task", "metric"]
     size = agg.groupby(gkey, sort=False)["model"].transform("size")
@@ -198,16 +209,7 @@ def compile_corpus(
     fam_raw = mtab["family"].fillna("").astype(str).str.lower().to_numpy()
     families = np.array([f or schema.derive_family(m) for f, m in zip(fam_raw, model_names)])
     report["families_derived_from_name"] = int((fam_raw == "").sum())
-    rel = pd.to_datetime(mtab["release_date"], errors="coerce")
-    # Where models.csv has no release date, fall back to the earliest record date of the model.
-    rec_dates = pd.to_datetime(
-        agg["date"].mask(agg["date"] == ""), errors="coerce", format="ISO8601", utc=True
-    ).dt.tz_localize(None)
-    first_seen = rec_dates.groupby(agg["model"]).min().reindex(model_names)
-    rel = rel.fillna(first_seen)
-    days = np.where(
-        rel.isna(), -1, (rel.to_numpy("datetime64[D]") - _EPOCH).astype(np.int64)
-    ).astype(np.int32)
+    days = _release_days(mtab, agg, model_names)
     desc = mtab["model_desp"].fillna("").astype(str).to_numpy()
 
     # --- entities: datasets ----------------------------------------------------------------
@@ -253,19 +255,29 @@ def compile_corpus(
         np.int64
     )
     fr = {k: float(data_cfg["split"][k]) for k in splits.FRACTIONS}
-    split, setting = splits.assign(
-        rec_model=rec_model,
-        rec_dataset=rec_dataset,
-        dataset_stratum=stratum,
-        model_days=days,
-        fractions=fr,
-        seed=int(data_cfg["split"]["seed"]),
-    )
+    common = dict(rec_model=rec_model, rec_dataset=rec_dataset, model_days=days, fractions=fr,
+                  seed=int(data_cfg["split"]["seed"]))  # fmt: skip
+    if data_cfg["split"].get("protocol", "random") == "backtest":
+        # New datasets are a share of each source's (task, modality) strata.
+        d_src = _primary(agg, "dataset").reindex(dataset_names).fillna("").to_numpy()
+        stratum = np.array(
+            [hash_str(f"{s}\x00{t}\x00{m}") for s, t, m in zip(d_src, d_task, d_mod)], np.uint64
+        ).astype(np.int64)
+        cut = np.array(
+            [cutoff_by_source.get(model_source.get(m, ""), splits.NEVER) for m in model_names],
+            np.int64,
+        )
+        split, setting = splits.assign_backtest(
+            dataset_stratum=stratum, model_cutoff_day=cut, **common
+        )
+    else:
+        split, setting = splits.assign(dataset_stratum=stratum, **common)
 
     # z-scores inside each (group, partition): train records among train records, held-out
     # records among the held-out records of the same split and setting (no leakage of test
     # values into training targets).
-    part = np.where(split == splits.TRAIN, 0, 1 + split * 3 + setting).astype(np.int64)
+    n_set = len(splits.ALL_SETTINGS)
+    part = np.where(split == splits.TRAIN, 0, 1 + split * n_set + setting).astype(np.int64)
     zkey = rec_group.astype(np.int64) * 16 + part
     _, inv, cnt = np.unique(zkey, return_inverse=True, return_counts=True)
     mean = np.bincount(inv, value) / cnt
@@ -325,6 +337,61 @@ def compile_corpus(
     return Compiled(arrays, vocab, texts, report)
 
 
+def _release_days(mtab: pd.DataFrame, agg: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """Per model of ``names``: release day since 1970 (-1 = undated). Where the model metadata
+    has no release date, the earliest record date of the model stands in."""
+    rel = pd.to_datetime(mtab["release_date"].reindex(names), errors="coerce")
+    rec_dates = pd.to_datetime(
+        agg["date"].mask(agg["date"] == ""), errors="coerce", format="ISO8601", utc=True
+    ).dt.tz_localize(None)
+    first_seen = rec_dates.groupby(agg["model"]).min().reindex(names)
+    rel = rel.fillna(first_seen)
+    return np.where(
+        rel.isna(), -1, (rel.to_numpy("datetime64[D]") - _EPOCH).astype(np.int64)
+    ).astype(np.int32)
+
+
+def _primary(agg: pd.DataFrame, entity: str) -> pd.Series:
+    """Per model or dataset: the source most of its records come from (ties -> first name)."""
+    n = agg.groupby([entity, "source"], sort=True).size().reset_index(name="n")
+    n = n.sort_values([entity, "n", "source"], ascending=[True, False, True], kind="stable")
+    return n.drop_duplicates(entity).set_index(entity)["source"]
+
+
+def _backtest_horizon(
+    raw: RawCorpus, agg: pd.DataFrame, data_cfg: Mapping[str, Any], report: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, int], dict[str, str]]:
+    """One backtest fold's view of the records: per source, the cut-off and horizon days (the
+    days by which ``cutoff`` / ``horizon`` of its dated models' records had arrived, see
+    :func:`splits.quantile_days`), and the records without the models released after the
+    horizon. Returns (records, cut-off day per source, primary source per model)."""
+    names = sorted(set(agg["model"]))
+    mcols = [c for c in schema.MODEL_COLUMNS if c != "model"]
+    days = _release_days(_first_nonempty_by(raw.models, "model", mcols), agg, names)
+    src = _primary(agg, "model").reindex(names).to_numpy()
+    sources = sorted(set(src))
+    code = np.array([sources.index(s) for s in src])
+    weights = agg.groupby("model").size().reindex(names).to_numpy()
+    sp = data_cfg["split"]
+    cut = splits.quantile_days(days, code, weights, float(sp["cutoff"]), len(sources))
+    hor = splits.quantile_days(days, code, weights, float(sp.get("horizon", 1.0)), len(sources))
+    late = (days >= 0) & (days > hor[code])
+    drop = agg["model"].isin(set(np.asarray(names)[late]))
+
+    def iso(day: int) -> str | None:
+        return None if day == splits.NEVER else str(_EPOCH + np.timedelta64(int(day), "D"))
+
+    report["backtest"] = {
+        "cutoff": {s: iso(d) for s, d in zip(sources, cut)},
+        "horizon": {s: iso(d) for s, d in zip(sources, hor)},
+        "models_after_cutoff": int(((days >= 0) & (days > cut[code]) & ~late).sum()),
+        "models_after_horizon_dropped": int(late.sum()),
+        "records_after_horizon_dropped": int(drop.sum()),
+    }
+    cutoff = {s: int(d) for s, d in zip(sources, cut)}
+    return agg[~drop].reset_index(drop=True), cutoff, dict(zip(names, src))
+
+
 def _summary(a: dict[str, np.ndarray], vocab: dict[str, list[str]]) -> dict[str, Any]:
     sizes = np.diff(a["group_offsets"])
     buckets = np.bincount(a["model_size_bucket"], minlength=1)
@@ -348,7 +415,7 @@ def _summary(a: dict[str, np.ndarray], vocab: dict[str, list[str]]) -> dict[str,
     }
     sp = {}
     for sname, s in splits.SPLITS.items():
-        for tname, t in splits.SETTINGS.items():
+        for tname, t in splits.ALL_SETTINGS.items():
             n = int(((a["rec_split"] == s) & (a["rec_setting"] == t)).sum())
             if s == splits.TRAIN:
                 sp["train"] = sp.get("train", 0) + n

@@ -13,6 +13,12 @@ each: ``split`` (TRAIN / VAL / TEST) and ``setting`` (which setting a held-out r
 
 Precedence when a record falls in several: test dataset > test model > val dataset > val model >
 completion draw. Held-out models and datasets never get a learned ID (they have no train record).
+
+The **backtest** protocol (``data.split.protocol="backtest"``, :func:`assign_backtest`) replays
+arrival instead: per dated source, models released after a cut-off date are new (TEST), a seeded
+share of each source's datasets is new, and a record of a new model on a new dataset tests the
+fourth setting, ``unseen_both``. Inside what is known at the cut-off, the newest models, a share
+of datasets and a share of records form the validation split used for checkpoint selection.
 """
 
 from __future__ import annotations
@@ -21,12 +27,25 @@ import numpy as np
 
 TRAIN, VAL, TEST = 0, 1, 2
 SPLITS = {"train": TRAIN, "val": VAL, "test": TEST}
-COMPLETION, UNSEEN_DATASET, UNSEEN_MODEL = 0, 1, 2
-SETTINGS = {
+COMPLETION, UNSEEN_DATASET, UNSEEN_MODEL, UNSEEN_BOTH = 0, 1, 2, 3
+SETTINGS = {  # the random protocol's settings
     "completion": COMPLETION,
     "unseen_dataset": UNSEEN_DATASET,
     "unseen_model": UNSEEN_MODEL,
 }
+ALL_SETTINGS = {**SETTINGS, "unseen_both": UNSEEN_BOTH}  # a new dataset and new models
+PROTOCOLS = ("random", "backtest")
+
+
+def settings_of(corpus) -> dict[str, int]:
+    """The settings a compiled corpus's split protocol produces (``unseen_both`` only in
+    backtest folds)."""
+    cfg = corpus.manifest.get("data_config") or {}
+    protocol = (cfg.get("split") or {}).get("protocol", "random")
+    return ALL_SETTINGS if protocol == "backtest" else SETTINGS
+
+
+NEVER = np.iinfo(np.int32).max  # a cut-off day no release passes (undated or undated source)
 
 
 FRACTIONS = tuple(f"{a}_{b}" for a in ("completion", "dataset", "model") for b in ("val", "test"))
@@ -120,9 +139,108 @@ def assign(
     ):
         split[cond] = sp
         setting[cond] = st
-    # Completion must test seen entities: a model (then a dataset) with completion-masked records
-    # but no training record gets its masked record with the smallest draw back into TRAIN.
-    # Returning records only adds training records, so the second pass keeps the first's fix.
+    _return_completion_entities(split, setting, u, rec_model, rec_dataset)
+    return split, setting
+
+
+# --- arrival backtests ------------------------------------------------------------------------------
+def check_backtest(cutoff: float, horizon: float) -> None:
+    """``0 < cutoff < horizon <= 1`` (ValueError naming the key)."""
+    for k, v in (("cutoff", cutoff), ("horizon", horizon)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < float(v) <= 1.0:
+            raise ValueError(f"config data.split.{k}={v!r}: must be inside (0, 1]")
+    if not float(cutoff) < float(horizon):
+        raise ValueError(
+            f"config data.split.cutoff={cutoff} must be < data.split.horizon={horizon}"
+        )
+
+
+def primary_source(entity: np.ndarray, rec_source: np.ndarray, n: int) -> np.ndarray:
+    """Per entity (model or dataset): the source most of its records come from (ties -> lower
+    code; -1 for an entity without records)."""
+    entity = np.asarray(entity, np.int64)
+    src = np.asarray(rec_source, np.int64)
+    S = int(src.max(initial=0)) + 1
+    counts = np.zeros((n, S), np.int64)
+    np.add.at(counts, (entity, src), 1)
+    return np.where(counts.sum(1) > 0, counts.argmax(1), -1)
+
+
+def quantile_days(
+    days: np.ndarray, source: np.ndarray, weights: np.ndarray, q: float, num_sources: int
+) -> np.ndarray:
+    """Per source: the release day by which a share ``q`` of its dated models' records had
+    arrived (models ordered by release day; ``NEVER`` for a source without dated models, or for
+    ``q >= 1``). A model released strictly after its source's day is after the cut-off."""
+    out = np.full(num_sources, NEVER, np.int64)
+    if q >= 1.0:
+        return out
+    days, source = np.asarray(days, np.int64), np.asarray(source, np.int64)
+    w = np.asarray(weights, np.float64)
+    for s in range(num_sources):
+        sel = np.flatnonzero((source == s) & (days >= 0) & (w > 0))
+        if not len(sel):
+            continue
+        order = sel[np.argsort(days[sel], kind="stable")]
+        cum = np.cumsum(w[order])
+        i = int(np.searchsorted(cum, q * cum[-1], side="left"))
+        out[s] = days[order[min(i, len(order) - 1)]]
+    return out
+
+
+def assign_backtest(
+    *,
+    rec_model: np.ndarray,
+    rec_dataset: np.ndarray,
+    dataset_stratum: np.ndarray,
+    model_days: np.ndarray,
+    model_cutoff_day: np.ndarray,
+    fractions: dict[str, float],
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-record ``split`` and ``setting`` of one backtest fold.
+
+    TEST models are the dated models released after their source's cut-off
+    (``model_days > model_cutoff_day``); TEST datasets a seeded share ``dataset_test`` of each
+    stratum (source, task, modality). What is known at the cut-off gives the validation split:
+    the newest known models (``model_val`` of their records), ``dataset_val`` of the datasets and
+    ``completion_val`` of the remaining records; ``completion_test`` of them tests completion.
+    A held-out record's split is the later of its model's and its dataset's; its setting says
+    which of the two training has not seen (``UNSEEN_BOTH`` when neither)."""
+    check_fractions(fractions)
+    rng = np.random.default_rng(seed)
+    ds = stratified_holdout(
+        dataset_stratum, fractions["dataset_val"], fractions["dataset_test"], rng
+    )
+    days = np.asarray(model_days, np.int64)
+    new = (days >= 0) & (days > np.asarray(model_cutoff_day, np.int64))
+    records_per_model = np.bincount(rec_model, minlength=len(days))
+    ms = temporal_holdout(
+        np.where(new, -1, days), fractions["model_val"], 0.0, rng, records_per_model
+    )
+    ms[new] = TEST
+    d, m = ds[rec_dataset], ms[rec_model]
+    n = len(rec_model)
+    u = rng.random(n)
+    ct, cv = fractions["completion_test"], fractions["completion_val"]
+    split = np.where(u < ct, TEST, np.where(u < ct + cv, VAL, TRAIN)).astype(np.int8)
+    held_m, held_d = m != TRAIN, d != TRAIN
+    held = held_m | held_d
+    split[held] = np.maximum(m, d)[held]
+    setting = np.select(
+        [held_m & held_d, held_m, held_d], [UNSEEN_BOTH, UNSEEN_MODEL, UNSEEN_DATASET],
+        COMPLETION,
+    ).astype(np.int8)  # fmt: skip
+    _return_completion_entities(split, setting, u, rec_model, rec_dataset)
+    return split, setting
+
+
+def _return_completion_entities(split, setting, u, rec_model, rec_dataset) -> None:
+    """Completion must test seen entities: a model (then a dataset) with completion-masked
+    records but no training record gets its masked record with the smallest draw back into
+    TRAIN (in place). Returning records only adds training records, so the second pass keeps
+    the first's fix."""
+    n = len(split)
     for ent in (rec_model, rec_dataset):
         has_train = np.zeros(int(ent.max()) + 1 if n else 0, bool)
         has_train[ent[split == TRAIN]] = True
@@ -131,4 +249,3 @@ def assign(
             cand = cand[np.argsort(u[cand], kind="stable")]
             _, first = np.unique(ent[cand], return_index=True)
             split[cand[first]] = TRAIN
-    return split, setting
