@@ -395,6 +395,30 @@ def test_cli_errors_name_file_row_field(trained, tmp_path, capsys) -> None:
     assert "models.csv row 1" in err and "field 'release_date'" in err
 
 
+def test_rank_filters_at_the_boundaries(rec) -> None:
+    """Kills the mutants "``params < max_params``" (exactly-7B dropped by ``--max-params=7``)
+    and "``min_params`` ignores ``keep_unknown_size``" (serve.py ``Recommender.rank``): the
+    bounds are inclusive, and unknown sizes follow ``keep_unknown_size`` for either bound."""
+    v = rec.bundle.vocab
+    sizes = {"acme/m-69": "6.9", "acme/m-7": "7", "acme/m-71": "7.1", "acme/m-70": "70",
+             "acme/m-unknown": ""}  # fmt: skip
+    pool = rec.candidates([{"model": m, "params": p} for m, p in sizes.items()])
+    known_ds = v["datasets"][int(np.flatnonzero(rec.bundle.tables["datasets/dataset_id"] > 0)[0])]
+
+    def names(**kw):
+        res = rec.rank(dataset=known_ds, task=v["tasks"][1], metric=v["metrics"][1],
+                       candidates=pool, top_k=0, **kw)  # fmt: skip
+        return {r.model for r in res}
+
+    unknown = {"acme/m-unknown"}
+    assert names() == set(sizes)
+    assert names(max_params=7) == {"acme/m-69", "acme/m-7"} | unknown
+    assert names(max_params=7, keep_unknown_size=False) == {"acme/m-69", "acme/m-7"}
+    assert names(min_params=7) == {"acme/m-7", "acme/m-71", "acme/m-70"} | unknown
+    assert names(min_params=7, keep_unknown_size=False) == {"acme/m-7", "acme/m-71", "acme/m-70"}
+    assert names(min_params=7, max_params=7, keep_unknown_size=False) == {"acme/m-7"}
+
+
 def test_router_pools(rec) -> None:
     v = rec.bundle.vocab
     res = rec.rank(dataset_desc="d", task=v["tasks"][1], metric=v["metrics"][1], top_k=5)

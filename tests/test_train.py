@@ -478,6 +478,12 @@ def test_early_stopping_keeps_best(workdir):
         assert ckpt.best_step() == 2  # metrics persisted: a restarted manager still knows
     summary = json.loads((workdir / "train_summary.json").read_text())
     assert summary["best"]["step"] == 2 and summary["step"] == 4
+    # Export restores the best step, not the latest (kills the mutant "export.py: always the
+    # latest step"); an explicit step still wins.
+    from modellens_jax import export
+
+    assert export.restore(workdir).step == 2
+    assert export.restore(workdir, step=4).step == 4
 
 
 # --- 10. the input pipeline ---------------------------------------------------------------------
