@@ -213,6 +213,25 @@ def test_completion_never_leaves_an_entity_without_training_records():
     )
     comp = (setting == COMPLETION) & (split != TRAIN)
     assert comp.sum() == 0  # no model keeps a training record otherwise
+    # The same draws with two records per model: now completion does hold records out (so the
+    # zero above is the guard at work, not completion masking switched off), and each held-out
+    # record's model and dataset keep a training record.
+    rec_model = np.arange(n) // 2
+    split, setting = splits.assign(
+        rec_model=rec_model,
+        rec_dataset=np.arange(n) % 5,
+        dataset_stratum=np.zeros(5, np.int64),
+        model_days=np.full(n // 2, -1, np.int32),
+        fractions={**FRACTIONS, "dataset_val": 0.01, "dataset_test": 0.01},
+        seed=0,
+    )
+    comp = (setting == COMPLETION) & (split != TRAIN)
+    ct, cv = FRACTIONS["completion_test"], FRACTIONS["completion_val"]
+    assert 0.5 * (ct + cv) * n < comp.sum() <= (ct + cv) * n * 1.5
+    assert (split[comp] == TEST).sum() > (split[comp] == VAL).sum() > 0
+    trained = np.zeros(n // 2, bool)
+    trained[rec_model[split == TRAIN]] = True
+    assert trained[rec_model[comp]].all()
 
 
 # --- temporal hold-out of models ---------------------------------------------------------------
