@@ -227,16 +227,21 @@ def test_compile_count_constant(no_eval, workdir):
 
 
 # --- 3. exact resume --------------------------------------------------------------------------
-def test_interrupt_and_resume_is_exact(no_eval, straight, corpus_dir, tmp_path):
+def test_interrupt_and_resume_is_exact(no_eval, straight, corpus_dir, tmp_path, capsys):
     wd_a, state_a = straight
     wd_b = make_workdir(corpus_dir, tmp_path / "b")
     config = tiny_config(train__steps=N)
     first = train.train_and_evaluate(config, wd_b, verbose=False, stop_after=4)
     assert first.step == 4  # interrupted between the checkpoints at 3 and 6
     with checkpointing.Checkpointer(wd_b / "checkpoints") as ckpt:
-        assert 4 in ckpt.steps()
-    second = train.train_and_evaluate(config, wd_b, verbose=False)
+        assert ckpt.steps() == [3, 4]
+    capsys.readouterr()
+    second = train.train_and_evaluate(config, wd_b, verbose=True)
     assert second.step == N
+    # The newest checkpoint was restored, not the older one (replaying from 3 would reach the
+    # same state, so the equality below alone cannot tell).
+    out = capsys.readouterr().out
+    assert "resumed from step 4 " in out and "resumed from step 3 " not in out
     assert_states_equal(second.state, state_a)
     # The data stream resumed where it stopped: the iterator states at step N agree too.
     name = "process_0-of-1.json"
@@ -255,18 +260,22 @@ def test_interrupt_and_resume_is_exact(no_eval, straight, corpus_dir, tmp_path):
 
 
 # --- 4. restore onto another device count -----------------------------------------------------
-def test_restore_on_more_devices(no_eval, straight, workdir):
+def test_restore_on_more_devices(no_eval, straight, workdir, capsys):
     _, state_a = straight
     first = train.train_and_evaluate(
-        tiny_config(train__steps=N, mesh__data=4), workdir, verbose=False, stop_after=3
+        tiny_config(train__steps=N, mesh__data=4), workdir, verbose=False, stop_after=4
     )
-    assert first.step == 3
+    assert first.step == 4
     assert leaf(first.state, 0, "temperature").sharding.mesh.devices.size == 4
     with checkpointing.Checkpointer(workdir / "checkpoints") as ckpt:
-        meta = ckpt.read_meta(3)
+        assert ckpt.steps() == [3, 4]
+        meta = ckpt.read_meta(4)
     assert meta["mesh"] == {"data": 4, "model": 1}
-    second = train.train_and_evaluate(tiny_config(train__steps=N), workdir, verbose=False)
+    capsys.readouterr()
+    second = train.train_and_evaluate(tiny_config(train__steps=N), workdir, verbose=True)
     assert second.step == N
+    out = capsys.readouterr().out
+    assert "resumed from step 4 " in out and "resumed from step 3 " not in out  # the newest
     assert leaf(second.state, 0, "temperature").sharding.mesh.devices.size == 8
     # Same data and steps, another reduction order: equal up to rounding.
     assert_states_close(second.state, state_a, atol=1e-4, offset_atol=2 * N * LR)
