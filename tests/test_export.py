@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -468,11 +469,51 @@ def test_export_refuses_bad_inputs(tmp_path, capsys) -> None:
     assert "config.json: missing" in capsys.readouterr().err
 
 
-def test_bench_rank_reports_latency(rec) -> None:
-    out = serve.bench_rank(rec, n_candidates=300, repeats=2)
+def test_bench_rank_reports_latency(rec, monkeypatch) -> None:
+    """Each reported latency times what its name says: on a fake clock that only the wrapped
+    calls advance (cached rank 7 ms, uncached rank 40 ms, model-side precompute 25 ms), the
+    report gives exactly those numbers, and each path ran once to compile plus ``repeats``."""
+    out = serve.bench_rank(rec, n_candidates=300, repeats=2)  # real clock
     assert out["n_candidates"] == 300 and out["padded_to"] == serve.bucket(300)
     for k in ("cached", "uncached", "model_side_precompute"):
-        assert out[k]["median_ms"] > 0
+        t = out[k]
+        assert 0 < t["min_ms"] <= t["median_ms"] <= t["max_ms"] and t["repeats"] == 2
+
+    now = [0.0]
+    calls = []
+    rank, model_side = rec.rank, rec.model_side
+
+    def fake_rank(*a, cached=True, **kw):
+        calls.append("cached" if cached else "uncached")
+        res = rank(*a, cached=cached, **kw)
+        now[0] += 0.007 if cached else 0.040
+        return res
+
+    def fake_model_side(pool):
+        computes = pool._side is None
+        res = model_side(pool)
+        if computes:
+            calls.append("side")
+            now[0] += 0.025
+        return res
+
+    monkeypatch.setattr(serve, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(rec, "rank", fake_rank)
+    monkeypatch.setattr(rec, "model_side", fake_model_side)
+    out = serve.bench_rank(rec, n_candidates=300, repeats=3)
+    for k, ms in (("cached", 7.0), ("uncached", 40.0), ("model_side_precompute", 25.0)):
+        t = out[k]
+        assert t["median_ms"] == t["min_ms"] == t["max_ms"] == pytest.approx(ms), k
+        assert t["repeats"] == 3
+    assert out["compile"] == pytest.approx(
+        {
+            "uncached_first_call_s": 0.040,
+            "model_side_first_call_s": 0.025,
+            "cached_first_call_s": 0.007,
+        }
+    )
+    assert calls.count("cached") == calls.count("uncached") == 1 + 3
+    assert calls.count("side") >= 1 + 3
 
 
 # --- descriptions: stored for known entities, embedded for new ones ---------------------------
