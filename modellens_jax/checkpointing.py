@@ -226,7 +226,12 @@ class Checkpointer:
             self._write_failed(e)
 
     def _write_failed(self, e: BaseException) -> None:
-        """Removes what the failed save left, then raises CheckpointWriteError."""
+        """Waits for the other saves in flight, removes what the failed one left, then raises
+        CheckpointWriteError."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception:  # the failed save itself, reported below
+            pass
         self._remove_temporaries()
         try:
             self.manager.reload()

@@ -45,7 +45,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from modellens_jax.serve import BundleError, InputError, Recommendation, Recommender
+from modellens_jax import fsutil
+from modellens_jax.serve import BundleError, InputError, Recommendation, Recommender, check_query
 
 FORMATS = ("table", "json", "routellm", "llmrouter")
 
@@ -177,6 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metric": args.metric,
     }
     try:
+        if args.out:
+            fsutil.output_file(args.out)
+        check_query(args.top_k, args.min_params, args.max_params)
+    except (ValueError, InputError) as e:  # before the bundle is loaded
+        print(f"error: {'--out: ' if not isinstance(e, InputError) else ''}{e}", file=sys.stderr)
+        return 2
+    try:
         rec = Recommender.load(args.bundle)
         results = rec.rank(
             args.dataset_desc,
@@ -194,8 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        try:
+            fsutil.write_atomic(args.out, lambda f: f.write(text + "\n"))
+        except OSError as e:
+            print(f"error: could not write {args.out}: {e.strerror or e}; nothing was written",
+                  file=sys.stderr)  # fmt: skip
+            return 74
     else:
         print(text)
     return 0

@@ -14,30 +14,29 @@ import argparse
 import csv
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
+from modellens_jax import fsutil
 from modellens_jax.serve import BundleError, InputError, Recommender
 
 COLUMNS = ("dataset", "task", "metric", "model", "score", "prior", "residual")
 
 
 def write_scores(rows: Sequence[dict], out: str | os.PathLike) -> None:
-    """Writes ``rows`` as CSV with :data:`COLUMNS`, atomically (temp file + rename)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    """Writes ``rows`` as CSV with :data:`COLUMNS`, atomically (temp file + rename, mode 0644
+    under the usual umask). ``out`` a directory: InputError."""
+
+    def write(f):
+        w = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, **{k: f"{r[k]:.7g}" for k in ("score", "prior", "residual")}})
+
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({**r, **{k: f"{r[k]:.7g}" for k in ("score", "prior", "residual")}})
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fsutil.output_file(out)
+    except ValueError as e:
+        raise InputError(f"--out: {e}") from None
+    fsutil.write_atomic(out, write)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,12 +53,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output CSV")
     args = ap.parse_args(argv)
     try:
+        fsutil.output_file(args.out)
+    except ValueError as e:  # before the bundle is loaded
+        print(f"error: --out: {e}", file=sys.stderr)
+        return 2
+    try:
         rec = Recommender.load(args.bundle)
         rows = rec.score_pairs(args.pairs, models=args.models, datasets=args.datasets)
         write_scores(rows, args.out)
     except (BundleError, InputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, read-only, permissions: nothing was written
+        print(f"error: could not write {args.out}: {e.strerror or e}; nothing was written",
+              file=sys.stderr)  # fmt: skip
+        return 74
     unseen_m = len({r["model"] for r in rows if "model_id" in r["unknown"]})
     unseen_d = len({r["dataset"] for r in rows if "dataset_id" in r["unknown"]})
     print(

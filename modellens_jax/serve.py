@@ -202,14 +202,24 @@ class Bundle:
 
 
 # --- CSV input ------------------------------------------------------------------------------
+# Long descriptions are real (200+ KB); prepare accepts the same (data/ingest.py).
+FIELD_SIZE_LIMIT = 1 << 24
+csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
+
+
 def read_csv(
     path: str | os.PathLike, required: Sequence[str], *, nonempty: Sequence[str] = ()
 ) -> list[tuple[str, dict[str, str]]]:
     """Rows of a CSV (``.csv`` or ``.csv.gz``) as ``(where, row)``; ``where`` reads
-    ``"file row N (line L)"``. Missing columns or empty ``nonempty`` fields raise InputError."""
+    ``"file row N (line L)"``. As strict as ``prepare``: a header without duplicates holding
+    every ``required`` column, every row with as many fields as the header, well-formed quoting
+    (an unbalanced quote is an error, not one long field), at least one data row; empty
+    ``nonempty`` fields raise InputError. Blank lines are skipped."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: no such file")
+        raise InputError(f"{p}: no such file" if not p.exists() else f"{p}: not a file")
+    out: list[tuple[str, dict[str, str]]] = []
+    prev = 0
     try:
         raw = (
             gzip.open(p, "rt", encoding="utf-8-sig", newline="")
@@ -217,25 +227,49 @@ def read_csv(
             else (open(p, encoding="utf-8-sig", newline=""))
         )
         with raw as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader = csv.reader(f, strict=True)
+            header: list[str] = []
+            for rec in reader:  # the first non-blank line
+                prev = reader.line_num
+                if rec and any(x.strip() for x in rec):
+                    header = [h.strip() for h in rec]
+                    break
+            if not header:
+                raise InputError(f"{p}: empty file (expected a header line: {','.join(required)})")
+            dup = sorted({h for h in header if header.count(h) > 1})
+            if dup:
+                raise InputError(f"{p} line {prev}: duplicate column(s) {dup} in the header")
             missing = [c for c in required if c not in header]
             if missing:
                 raise InputError(
                     f"{p}: missing column(s) {', '.join(map(repr, missing))} "
                     f"(header: {', '.join(header) or 'empty'})"
                 )
-            reader.fieldnames = header
-            out = []
-            for k, row in enumerate(reader, start=1):
-                where = f"{p} row {k} (line {reader.line_num})"
-                row = {c: (v or "").strip() for c, v in row.items() if c is not None}
+            for rec in reader:
+                start, prev = prev + 1, reader.line_num
+                if not rec or (len(rec) == 1 and not rec[0].strip()):
+                    continue
+                where = f"{p} row {len(out) + 1} (line {start})"
+                if len(rec) != len(header):
+                    raise InputError(
+                        f"{where}: malformed CSV: expected {len(header)} fields as in the header, "
+                        f"got {len(rec)} (an unquoted comma or a missing field?)"
+                    )
+                row = {c: v.strip() for c, v in zip(header, rec)}
                 for c in nonempty:
                     if not row.get(c):
                         raise InputError(f"{where}, field {c!r}: empty")
                 out.append((where, row))
-    except (UnicodeDecodeError, csv.Error, OSError) as e:
-        raise InputError(f"{p}: unreadable CSV ({e})") from e
+    except csv.Error as e:
+        raise InputError(
+            f"{p} row {len(out) + 1} (line {prev + 1}): malformed CSV ({e}; an unbalanced quote?)"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not UTF-8 text ({e})") from None
+    except (OSError, EOFError) as e:
+        raise InputError(f"{p}: unreadable ({type(e).__name__}: {e})") from None
+    if not out:
+        raise InputError(f"{p}: no data rows after the header")
     return out
 
 
@@ -270,12 +304,18 @@ def _as_rows(src: Any, key: str, what: str) -> list[tuple[str, dict[str, str]]]:
 
 
 def _params(where: str, value: str) -> float:
+    """A parameter count in billions: empty = unknown (NaN); negative, inf, nan refused."""
     if not value:
         return float("nan")
     try:
-        return float(value)
+        x = float(value)
     except ValueError:
         raise InputError(f"{where}, field 'params': {value!r} is not a number (billions)") from None
+    if not np.isfinite(x):
+        raise InputError(f"{where}, field 'params': {value!r} is not a finite number")
+    if x < 0:
+        raise InputError(f"{where}, field 'params': negative parameter count {x:g} (billions)")
+    return x
 
 
 def _release_day(where: str, value: str) -> int:
@@ -288,6 +328,20 @@ def _release_day(where: str, value: str) -> int:
         raise InputError(
             f"{where}, field 'release_date': {value!r} is not an ISO date (YYYY-MM-DD)"
         ) from None
+
+
+def check_query(top_k: int | None, min_params: float | None, max_params: float | None) -> None:
+    """InputError for a negative ``top_k`` (0/None = all), a negative / non-finite size bound,
+    or ``min_params > max_params`` (nothing could match)."""
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 0):
+        raise InputError(f"--top-k={top_k}: must be a whole number >= 0 (0 = all)")
+    for name, v in (("min-params", min_params), ("max-params", max_params)):
+        if v is not None and not (np.isfinite(v) and v >= 0):
+            raise InputError(f"--{name}={v}: must be a finite number of billions >= 0")
+    if min_params is not None and max_params is not None and min_params > max_params:
+        raise InputError(
+            f"--min-params={min_params:g} > --max-params={max_params:g}: no model can match"
+        )
 
 
 # --- features -------------------------------------------------------------------------------
@@ -664,6 +718,7 @@ class Recommender:
         ``candidates``: a :class:`ModelPool`, a models.csv path, rows, or None (all known
         models). Filters: ``max_params``/``min_params`` (billions; models of unknown size are
         kept unless ``keep_unknown_size=False``) and ``families`` (names, case-insensitive)."""
+        check_query(top_k, min_params, max_params)
         pool = candidates if isinstance(candidates, ModelPool) else self.candidates(candidates)
         ctx = self.contexts(
             [{"dataset": dataset, "dataset_desc": dataset_desc, "task": task, "metric": metric}]

@@ -43,13 +43,11 @@ class TrainingDiverged(RuntimeError):
 def config_hash(config: ml_collections.ConfigDict) -> str:
     """Hash of the config sections that must match for a checkpoint to resume.
 
-    ``train.steps`` is in it when the learning-rate schedule depends on it (cosine decay):
-    resuming with another ``steps`` would silently change the schedule of the steps done, so
-    such a resume is refused with the differing key named."""
+    ``train.steps`` is not in it (extending a run is allowed), but a resume with another
+    ``steps`` is announced and recorded (``steps_changes`` in the checkpoint metadata): under
+    cosine decay it changes the learning-rate schedule of the steps still to run."""
     d = json.loads(config.to_json_best_effort())
     sub = {k: d[k] for k in STRUCTURAL_SECTIONS if k in d}
-    if d.get("optim", {}).get("decay") == "cosine":
-        sub["train.steps"] = d.get("train", {}).get("steps")
     return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -380,6 +378,24 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
         loop = saved.get("loop") or {}
         best, evals_since_best = loop.get("best"), int(loop.get("evals_since_best", 0))
         say(f"resumed from step {start} ({workdir / 'checkpoints'})")
+        steps_changes = list(saved.get("steps_changes", []))
+        try:
+            saved_steps = int(json.loads(saved.get("config") or "{}")["train"]["steps"])
+        except (KeyError, TypeError, ValueError):
+            saved_steps = None
+        now_steps = int(config.train.steps)
+        if saved_steps is not None and saved_steps != now_steps:
+            steps_changes.append({"at_step": start, "from": saved_steps, "to": now_steps})
+            sched = ("the cosine learning-rate schedule now decays over the new total, so the "
+                     "run differs from a straight one" if config.optim.decay == "cosine"
+                     else "the schedule does not depend on it")  # fmt: skip
+            if jax.process_index() == 0:
+                print(f"warning: train.steps changed from {saved_steps} to {now_steps} on resume "
+                      f"at step {start}: {sched} (recorded as steps_changes in the checkpoint "
+                      "metadata)", file=sys.stderr, flush=True)  # fmt: skip
+        if start >= now_steps:
+            say(f"nothing to do: the checkpoint is at step {start} >= train.steps={now_steps}")
+        meta["steps_changes"] = steps_changes
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
 
