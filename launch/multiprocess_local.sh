@@ -55,13 +55,31 @@ pids=()
 stop_all() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 }
-trap 'stop_all; exit 130' INT TERM
+# SIGTERM / SIGINT to the launcher (a scheduler's preemption, Ctrl-C) is passed on to every
+# process once (they run in their own sessions, so a terminal's Ctrl-C reaches them only
+# through here); each finishes its step, saves the checkpoint and exits 75, and the launcher
+# waits for them and exits 75 too (rerun to resume).
+forward() {
+  echo "$1: passing it on to the $N processes (they save a checkpoint and stop)" >&2
+  trap '' INT TERM
+  local p rc=0 r
+  for p in "${pids[@]}"; do kill -s "$1" "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    r=0
+    wait "$p" || r=$?
+    if ((r != 0 && r != 75)); then rc=1; fi
+  done
+  if ((rc == 0)); then exit 75; fi
+  exit "$rc"
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
 for ((i = 0; i < N; i++)); do
   cmd_for "$i" "$@"
   if ((i == 0)); then
-    "${cmd[@]}" &
+    setsid "${cmd[@]}" &
   else
-    "${cmd[@]}" >"$WORKDIR/process_$i.log" 2>&1 &
+    setsid "${cmd[@]}" >"$WORKDIR/process_$i.log" 2>&1 &
   fi
   pids+=("$!")
 done

@@ -5,6 +5,7 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --time=04:00:00
 #SBATCH --output=slurm-%j.out
+#SBATCH --signal=TERM@120
 ##SBATCH --gpus-per-node=8   (remove one '#' on GPU nodes: each task then drives its node's GPUs)
 # Multi-process training under SLURM: one task per process (srun), process 0's node is the
 # coordinator, and --coordinator/--num_processes/--process_id come from SLURM's variables.
@@ -18,6 +19,10 @@
 #     --coordinator=<first node>:$PORT --num_processes=$SLURM_NTASKS [--config.x=y ...] \
 #     --process_id=$SLURM_PROCID
 # WORKDIR must be on a filesystem every node sees. Resubmitting resumes from its checkpoints.
+# Preemption: --signal=TERM@120 has SLURM send SIGTERM to every task 120 s before the time
+# limit (scancel and preemption send it too); srun and each task exec the trainer, so the
+# signal reaches it, and it finishes its step, saves a checkpoint and exits 75 (EX_TEMPFAIL).
+# Resubmit (or add --requeue) to resume; no step is lost.
 # DRY_RUN=1 bash launch/slurm.sh prints the srun command and each process's command (outside
 # SLURM it assumes SLURM_NTASKS=2 and this host as the coordinator).
 set -euo pipefail

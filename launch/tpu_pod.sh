@@ -19,6 +19,8 @@
 # every worker. gs:// URLs are refused: the trainer writes its workdir with local file I/O
 # (ALLOW_GS=1 skips the check once the trainer supports them).
 # SKIP_INSTALL=1 reuses the install of an earlier launch (re-running resumes the run).
+# Preemption / maintenance: the TPU VM sends SIGTERM to the trainer on each worker; it finishes
+# its step, saves a checkpoint (all hosts agree on the step) and exits 75: re-run to resume.
 # DRY_RUN=1 prints the commands instead of running them.
 set -euo pipefail
 
