@@ -8,6 +8,7 @@ Presets (``--config=configs/default.py:<preset>``):
   reference  what the upstream code actually ran (weight decay 0.01, temperature 1.0, PL mean,
              ID init N(0, 1); none of our scorer additions: release, cold prior)
   tiny       a few-second config for tests
+  quick      the few-minute arrival backtest (one cut-off, 300 steps; modellens_jax.backtest)
 """
 
 from __future__ import annotations
@@ -134,6 +135,17 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.train.early_stop_patience = 0  # evaluations without improvement; 0 = off
     c.train.judge = "weighted_tau"  # validation metric for best checkpoint / early stopping
 
+    # --- arrival backtests (python -m modellens_jax.backtest) -------------------------------
+    c.backtest = ml_collections.ConfigDict()
+    c.backtest.val_cutoffs = (0.6, 0.67, 0.74)  # shares of each dated source's records
+    c.backtest.val_horizon = 0.8  # = the first test cut-off: val folds never see test arrivals
+    c.backtest.test_cutoffs = (0.8, 0.87, 0.94)
+    c.backtest.test_horizon = 1.0
+    c.backtest.split_seeds = (0, 1)  # which datasets are new, which records completion masks
+    c.backtest.train_seeds = (0, 1)
+    c.backtest.baselines = "all"
+    c.backtest.bootstrap = 1000  # resamples for the 95 % intervals
+
     # --- mesh -----------------------------------------------------------------------------
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = all remaining devices
@@ -173,5 +185,11 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
             c.train.eval_every = 3
             c.train.eval_at_start = False
             c.train.checkpoint_every = 3
+        elif name == "quick":  # the few-minute backtest: one cut-off per fold kind
+            c.backtest.val_cutoffs = (c.backtest.val_cutoffs[-1],)
+            c.backtest.test_cutoffs = (c.backtest.test_cutoffs[0],)
+            c.backtest.baselines = "competence,size,matrix_factorisation,lambdarank"
+            c.train.update(steps=300, eval_every=150, checkpoint_every=150)
+            c.optim.warmup_steps = 30
         else:
-            raise ValueError(f"unknown preset {name!r}: expected paper, reference or tiny")
+            raise ValueError(f"unknown preset {name!r}: expected paper, reference, tiny or quick")

@@ -331,7 +331,8 @@ def fit_ranker(
         raise ValueError("ranker rows must be contiguous per group (sorted by group)")
     ranker = lightgbm.LGBMRanker(
         objective="lambdarank", n_estimators=n_estimators, learning_rate=0.05, num_leaves=31,
-        min_child_samples=20, colsample_bytree=0.8, reg_lambda=1.0,
+        min_child_samples=int(np.clip(len(x) // 100, 2, 20)),  # 20, less on tiny corpora
+        colsample_bytree=0.8, reg_lambda=1.0,
         label_gain=list(range(LAMBDARANK_GRADES)), lambdarank_truncation_level=64,
         deterministic=True, force_row_wise=True, num_threads=1, random_state=seed, verbose=-1,
     )  # fmt: skip
@@ -340,27 +341,27 @@ def fit_ranker(
 
 
 def lambdarank_training_rows(
-    stats: TrainStats, x: np.ndarray, seed: int = 0, cold_share: float = 0.5
+    stats: TrainStats, x: np.ndarray, x_cold: np.ndarray, seed: int = 0, cold_share: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, labels, query ids) the ranker learns from: every training group's training
-    records, then the same groups again with the history features of a seeded ``cold_share`` of
-    the models blanked (NaN), so the ranker also learns how models without history rank."""
+    records, then the same groups again with a seeded ``cold_share`` of the models given their
+    cold features (``competence.features(cold=True)``: no history, the family without them),
+    so the ranker also learns how models without history rank."""
     tr = np.flatnonzero(stats.train)
     g = stats.tables.rec_group[tr].astype(np.int64)
     y = relevance_grades(stats.t_z, g)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
     cold = rng.random(stats.num_models) < cold_share
-    x_cold = x[tr].copy()
-    hist = [competence.NAMES.index(n) for n in competence.HISTORY]
     blank = cold[stats.tables.rec_model[tr]]
-    x_cold[np.ix_(blank, hist)] = np.nan
+    x_mixed = np.where(blank[:, None], x_cold[tr], x[tr])
     G = stats.num_groups
-    return np.concatenate([x[tr], x_cold]), np.concatenate([y, y]), np.concatenate([g, g + G])
+    return np.concatenate([x[tr], x_mixed]), np.concatenate([y, y]), np.concatenate([g, g + G])
 
 
 def fit_lambdarank(stats: TrainStats, seed: int = 0, **kw) -> np.ndarray:
     x = competence.features(stats.tables)
-    rows, labels, group = lambdarank_training_rows(stats, x, seed)
+    x_cold = competence.features(stats.tables, cold=True)
+    rows, labels, group = lambdarank_training_rows(stats, x, x_cold, seed)
     ranker = fit_ranker(rows, labels, group, seed=seed, **kw)
     return ranker.predict(x).astype(np.float32)
 

@@ -81,7 +81,7 @@ def other_group_mean(
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x, np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
@@ -134,9 +134,13 @@ def group_relative(x: np.ndarray, rec_group: np.ndarray, G: int) -> tuple[np.nda
     return rel, pct
 
 
-def features(tables, *, k: int = NEIGHBOURS) -> np.ndarray:
-    """``[num_records, len(NAMES)]`` float64 competence features of every corpus record, from
-    the training records (``rec_split == TRAIN``) of other groups only (see the module doc)."""
+def features(tables, *, k: int = NEIGHBOURS, cold: bool = False) -> np.ndarray:
+    """``[num_records, len(NAMES)]`` float32 competence features of every corpus record, from
+    the training records (``rec_split == TRAIN``) of other groups only (see the module doc).
+
+    ``cold=True`` gives every record the features it would have if its model were new: the
+    ``HISTORY`` columns NaN and the family's record without the model's own (how a ranker
+    learns to rank models that arrive without history, with nothing of theirs leaking in)."""
     c = tables.corpus
     train = np.asarray(c["rec_split"]) == splits.TRAIN
     m = np.asarray(tables.rec_model, np.int64)
@@ -179,7 +183,19 @@ def features(tables, *, k: int = NEIGHBOURS) -> np.ndarray:
     cols["similar_datasets_coverage"] = np.where(tot > 0, den / np.maximum(tot, 1e-12), np.nan)
 
     cols["family_mean_z"], n_f = other_group_mean(fam, g, z, train)
-    cols["family_task_z"], _ = other_group_mean(fam * big + task, g, z, train)
+    cols["family_task_z"], n_ft = other_group_mean(fam * big + task, g, z, train)
+    if cold:  # the family without the model itself (its own records are history too)
+        n_mt = other_group_mean(m * big + task, g, z, train)[1]
+        for col, n_fam, n_own, own in (
+            ("family_mean_z", n_f, n_m, cols["model_mean_z"]),
+            ("family_task_z", n_ft, n_mt, cols["model_task_z"]),
+        ):
+            rest = n_fam - n_own
+            total = np.nan_to_num(cols[col]) * n_fam - np.nan_to_num(own) * n_own
+            cols[col] = np.where(rest > 0, total / np.maximum(rest, 1), np.nan)
+        n_f = n_f - n_m
+        for name in HISTORY:
+            cols[name] = np.full(len(m), np.nan)
     cols["family_log_records"] = np.log1p(n_f)
 
     p = np.asarray(c["model_params"], np.float64)[m]
@@ -190,4 +206,4 @@ def features(tables, *, k: int = NEIGHBOURS) -> np.ndarray:
     years = np.where(day >= 0, day / 365.25, np.nan)
     cols["release_years"] = years
     cols["release_vs_group"], _ = group_relative(years, g, G)
-    return np.stack([cols[n] for n in NAMES], 1)
+    return np.stack([cols[n] for n in NAMES], 1).astype(np.float32)

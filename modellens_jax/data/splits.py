@@ -206,7 +206,7 @@ def assign_backtest(
     the newest known models (``model_val`` of their records), ``dataset_val`` of the datasets and
     ``completion_val`` of the remaining records; ``completion_test`` of them tests completion.
     A held-out record's split is the later of its model's and its dataset's; its setting says
-    which of the two training has not seen (``UNSEEN_BOTH`` when neither)."""
+    which of the two has no training record (``UNSEEN_BOTH`` when neither has)."""
     check_fractions(fractions)
     rng = np.random.default_rng(seed)
     ds = stratified_holdout(
@@ -232,6 +232,16 @@ def assign_backtest(
         COMPLETION,
     ).astype(np.int8)  # fmt: skip
     _return_completion_entities(split, setting, u, rec_model, rec_dataset)
+    # What training has seen decides the setting (a known model whose only records are on new
+    # datasets is as new as a model released after the cut-off).
+    seen_m = np.zeros(len(days), bool)
+    seen_m[rec_model[split == TRAIN]] = True
+    seen_d = np.zeros(int(rec_dataset.max(initial=0)) + 1, bool)
+    seen_d[rec_dataset[split == TRAIN]] = True
+    sm, sd = seen_m[rec_model], seen_d[rec_dataset]
+    setting[held] = np.select(
+        [~sm & ~sd, ~sm, ~sd], [UNSEEN_BOTH, UNSEEN_MODEL, UNSEEN_DATASET], COMPLETION
+    )[held]
     return split, setting
 
 
