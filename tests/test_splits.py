@@ -268,6 +268,28 @@ def test_temporal_holdout_fractions_count_records():
     )
 
 
+def test_temporal_holdout_exact_boundaries():
+    """Hand-computed cases (found by tests/mutation/run.py): day 0 is a date, a single dated
+    model is held out, fractions are half-open ``[0, test)`` then ``[test, test + val)`` of the
+    weight of strictly newer models, weights default to one per model and fractional weights
+    are normalised by their sum."""
+    rng = np.random.default_rng(0)
+    T_, V_, R_ = TEST, VAL, TRAIN
+    # day 0 (2000-01-01) is a release date like any other; one dated model is the newest
+    assert splits.temporal_holdout(np.array([0, -1]), 0.25, 0.5, rng).tolist() == [T_, R_]
+    # four models, equal weights: newer-weight fractions 0, .25, .5, .75 (newest first)
+    days = np.array([10, 20, 30, 40])
+    got = splits.temporal_holdout(days, 0.25, 0.25, rng)
+    assert got.tolist() == [R_, R_, V_, T_]
+    # record weights: the newest model carries 7 of 10 records
+    got = splits.temporal_holdout(days, 0.25, 0.5, rng, np.array([1, 1, 1, 7]))
+    assert got.tolist() == [R_, R_, V_, T_]  # fractions 0.9, 0.8, 0.7, 0
+    assert splits.temporal_holdout(days, 0.25, 0.5, rng).tolist() == [R_, V_, T_, T_]
+    # fractional weights: fractions of their sum (0, 1/3, 2/3 for three equal weights)
+    got = splits.temporal_holdout(days[:3], 0.3, 0.3, rng, np.full(3, 0.1))
+    assert got.tolist() == [R_, V_, T_]
+
+
 def test_temporal_holdout_without_dates_holds_out_nothing():
     out = splits.temporal_holdout(np.full(10, -1), 0.05, 0.10, np.random.default_rng(0))
     assert np.all(out == TRAIN)
