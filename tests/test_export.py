@@ -110,6 +110,10 @@ def test_bucket_sizes() -> None:
     assert all(b >= n for n, b in zip(range(1, 5000), sizes))
     assert all(b < max(8.5, 1.5 * n) for n, b in zip(range(1, 5000), sizes))
     assert len(set(sizes)) < 30 and serve.bucket(47_000) == 49_152
+    # exactly 2^k and 3·2^(k-1), as Python ints (they become array shapes), both ends inclusive
+    want = {1: 8, 8: 8, 9: 12, 12: 12, 13: 16, 16: 16, 17: 24, 24: 24, 25: 32, 96: 96, 97: 128}
+    assert {n: serve.bucket(n) for n in want} == want
+    assert all(type(b) is int for b in sizes)
 
 
 # --- (b) train, export, delete the workdir, serve --------------------------------------------
