@@ -26,7 +26,8 @@ def define_config_flag() -> flags.FlagHolder:
 
 
 def run(main: Callable[[list[str]], int | None]) -> None:
-    """absl ``app.run`` that turns known input errors into one clear line and exit status 2."""
+    """absl ``app.run`` that turns known input errors into one clear line and exit status 2
+    (and other I/O errors, e.g. a read-only or full output filesystem, into one line and 74)."""
 
     def wrapped(argv: list[str]) -> int | None:
         logging.getLogger("absl").setLevel(logging.WARNING)
@@ -35,5 +36,8 @@ def run(main: Callable[[list[str]], int | None]) -> None:
         except (CorpusError, UsageError, ConfigError, WorkdirLocked, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except OSError as e:  # an output that cannot be written: read-only, full, a mountpoint
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(74)
 
     app.run(wrapped)
