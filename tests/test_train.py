@@ -357,6 +357,53 @@ def test_checksum_sees_every_bit_of_every_element():
     assert checkpointing._verify(jax.tree.map(jnp.asarray, state), {"checksums": base}) is None
 
 
+def _numpy_checksum(bits: np.ndarray) -> int:
+    """The documented checksum, by hand: ``Σ u_i·(2i + 1) mod 2^32`` over the leaf's bits ``u``
+    read as unsigned words (uint64 arithmetic wraps mod 2^64, a multiple of 2^32)."""
+    u = bits.reshape(-1).astype(np.uint64)
+    w = 2 * np.arange(u.size, dtype=np.uint64) + 1
+    return int((u * w).sum(dtype=np.uint64) % (1 << 32))
+
+
+def test_checksum_equals_the_documented_formula():
+    """Found by tests/mutation/run.py: the checksum is pinned to its formula (saved checkpoints
+    carry these values, so any other, even equally sensitive, formula would refuse them all),
+    for every leaf kind (PRNG keys, bool, int8, bfloat16, and 64-bit leaves under x64) and a
+    leaf large enough that float arithmetic would round."""
+    rng = np.random.default_rng(1)
+    f32 = rng.normal(size=(3, 5)).astype(np.float32)
+    i8 = rng.integers(-128, 128, 11).astype(np.int8)
+    big = rng.random(40_000) < 0.5
+    bf16 = np.asarray(rng.normal(size=7), jnp.bfloat16)
+    key = jax.random.key(7)
+    state = {"a_key": key, "b_f32": f32, "c_i8": i8, "d_big": big, "e_bf16": bf16}
+    _, got = checkpointing.state_audit(jax.tree.map(jnp.asarray, state))
+    want = [
+        _numpy_checksum(np.asarray(jax.random.key_data(key))),
+        _numpy_checksum(f32.view(np.uint32)),
+        _numpy_checksum(i8.view(np.uint8)),
+        _numpy_checksum(big.astype(np.uint32)),
+        _numpy_checksum(bf16.view(np.uint16)),
+    ]
+    assert got == want
+    # a flipped bit of the key is seen too
+    data = np.asarray(jax.random.key_data(key)).copy()
+    data.reshape(-1)[-1] ^= np.uint32(1 << 31)
+    bad = dict(state, a_key=jax.random.wrap_key_data(jnp.asarray(data)))
+    assert checkpointing.state_audit(jax.tree.map(jnp.asarray, bad))[1][0] != want[0]
+    with jax.enable_x64(True):
+        f64 = rng.normal(size=6)
+        i64 = rng.integers(-(2**40), 2**40, 4)
+        u32 = rng.integers(0, 2**32, 9, dtype=np.uint64).astype(np.uint32)
+        leaves = {"f64": jnp.asarray(f64), "i64": jnp.asarray(i64), "u32": jnp.asarray(u32)}
+        _, got = checkpointing.state_audit(leaves)
+    assert got == [
+        _numpy_checksum(f64.view(np.uint32)),
+        _numpy_checksum(i64.view(np.uint32)),
+        _numpy_checksum(u32),
+    ]
+
+
 # --- 6. divergence ---------------------------------------------------------------------------
 def test_huge_learning_rate_diverges_keeping_good_checkpoints(no_eval, workdir):
     config = tiny_config(
@@ -528,6 +575,21 @@ def test_featurize_segments_follow_the_packed_lists(tables):
             np.testing.assert_array_equal(same_seg, gs[:, None] == gs[None, :])
             multi += len(np.unique(seg)) > 1
     assert multi > 0  # packing did put several lists into one row
+
+
+def test_epoch_order_depends_on_seed_and_epoch(tables):
+    """Found by tests/mutation/run.py: each epoch's list order is a permutation drawn from
+    (seed, epoch) -- another seed or another epoch gives another order, the same pair the same
+    one, also after the cache of recent epochs has dropped it."""
+    a = pipeline.TrainLists(tables.corpus, list_size=16, seed=0)
+    b = pipeline.TrainLists(tables.corpus, list_size=16, seed=1)
+    p0 = a._epoch_perm(0).copy()
+    assert sorted(p0.tolist()) == list(range(a.per_epoch))
+    assert not np.array_equal(p0, a._epoch_perm(1))
+    assert not np.array_equal(p0, b._epoch_perm(0))
+    for e in range(2, 8):
+        a._epoch_perm(e)
+    np.testing.assert_array_equal(a._epoch_perm(0), p0)
 
 
 def test_stream_deterministic(tables):
