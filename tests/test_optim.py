@@ -119,6 +119,25 @@ def test_cosine_schedule_matches_the_hand_computed_curve():
     c.train.steps = 100
     sched = optim.schedule(c)
     assert [float(sched(t)) for t in (0, 5, 10, 99)] == pytest.approx([0, 5e-4, 1e-3, 1e-3])
+    c.optim.warmup_steps = 0
+    assert [float(optim.schedule(c)(t)) for t in (0, 50)] == pytest.approx([1e-3, 1e-3])
+
+
+@pytest.mark.parametrize(
+    "steps,warmup,want_warm",
+    [(0, 5, 0), (1, 5, 0), (2, 5, 1), (3, 5, 2), (10, 20, 9), (10, 9, 9), (10, 3, 3)],
+)
+def test_schedule_clamps_the_warm_up_below_the_run_length(steps, warmup, want_warm):
+    """Found by tests/mutation/run.py: warm-up is capped at ``steps - 1`` (a run of 0 or 1
+    steps has none and starts at the full rate), and the cosine still ends at the floor."""
+    c = _tiny(learning_rate=1e-3, warmup_steps=warmup, decay="cosine")
+    c.train.steps = steps
+    sched = optim.schedule(c)
+    n = max(steps, 1)
+    for t in range(n + 2):
+        want = _expected_lr(t, lr=1e-3, steps=n, warm=want_warm)
+        assert float(sched(t)) == pytest.approx(want, rel=1e-5, abs=1e-12), t
+    assert float(sched(0)) == (0.0 if want_warm else pytest.approx(1e-3))
 
 
 # Which parameters get weight decay, listed by path (the docstring's rule: kernels and
