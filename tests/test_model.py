@@ -438,6 +438,8 @@ def test_dropout_rescales_kept_units_by_one_over_keep() -> None:
         assert abs(kept.mean() - keep) < 4 * np.sqrt(keep * (1 - keep) / n)
         assert abs(out.mean() / x.mean() - 1) < 0.03
     np.testing.assert_array_equal(np.asarray(_dropout(jnp.asarray(x), 0.0, jax.random.key(0))), x)
+    xb = jnp.asarray(x, jnp.bfloat16)  # the activation dtype is kept
+    assert _dropout(xb, 0.5, jax.random.key(1)).dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize("weight", [0.0, 3.0])
