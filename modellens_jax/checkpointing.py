@@ -77,8 +77,22 @@ def _quiet_closed_loops(hook):
     return quiet
 
 
+def _quiet_unraisable(hook):
+    """The same for ``sys.unraisablehook`` (pybind11 reports a callback's error that way)."""
+
+    def quiet(u):
+        if u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed":
+            return
+        hook(u)
+
+    quiet.modellens_quiet = True
+    return quiet
+
+
 if not getattr(sys.excepthook, "modellens_quiet", False):
     sys.excepthook = _quiet_closed_loops(sys.excepthook)
+if not getattr(sys.unraisablehook, "modellens_quiet", False):
+    sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
 
 
 class CheckpointMismatch(ValueError):
@@ -118,7 +132,7 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[:200]}"
 
 
-def _io_reason(e: BaseException) -> str:
+def io_reason(e: BaseException) -> str:
     """The operating-system error under orbax's / tensorstore's wrappers, as 'strerror (ENAME)'
     (tensorstore reports it inside a ValueError as ``[os_error_code='28']``), else the first
     line of the message."""
@@ -127,9 +141,9 @@ def _io_reason(e: BaseException) -> str:
         seen.add(id(cur))
         if isinstance(cur, OSError) and cur.errno:
             return f"{os.strerror(cur.errno)} ({errno.errorcode.get(cur.errno, cur.errno)})"
-        m = re.search(r"os_error_code='?(\d+)", str(cur))
+        m = re.search(r"os_error_code='?(\d+)|os error (\d+)", str(cur))
         if m:
-            code = int(m.group(1))
+            code = int(m.group(1) or m.group(2))
             return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
         cur = cur.__cause__ or cur.__context__
     return _first_line(e)
@@ -241,7 +255,7 @@ class Checkpointer:
         last = f"step {good[-1]} ({self.directory / str(good[-1])})" if good else "none"
         raise CheckpointWriteError(
             f"could not write the checkpoint of step {self._pending} in {self.directory} "
-            f"({_io_reason(e)}); the last good checkpoint is {last}; temporary "
+            f"({io_reason(e)}); the last good checkpoint is {last}; temporary "
             "files removed. Free space (or fix the filesystem) and rerun to resume."
         ) from e
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import errno
 import json
 import os
 import shutil
@@ -48,6 +47,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 from modellens_jax import checkpointing, fsutil, jobguard, optim, serve, sharding, train
@@ -189,6 +189,28 @@ def export_functions(
     return {
         name: jax.export.export(jax.jit(fns[name]), platforms=tuple(platforms))(*args[name])
         for name in serve.FUNCTIONS
+    }
+
+
+def applicability_tables(c: corpus_lib.Corpus) -> dict[str, np.ndarray]:
+    """What serving needs to build a query's candidate pool: every (model, task) pair with a
+    record in the corpus (``applicability/{model,task}``), each task's modality (the most
+    frequent among its datasets) and each dataset's task (the most frequent among its groups)."""
+    rec_task = np.asarray(c["group_task"], np.int64)[np.asarray(c["rec_group"])]
+    T = len(c.vocab["tasks"])
+    pairs = np.unique(np.asarray(c["rec_model"], np.int64) * T + rec_task)
+    gd = np.asarray(c["group_dataset"], np.int64)
+    gt = np.asarray(c["group_task"], np.int64)
+    D, Mo = len(c.vocab["datasets"]), len(c.vocab["modalities"])
+    per_task = np.zeros((T, Mo), np.int64)
+    np.add.at(per_task, (gt, np.asarray(c["dataset_modality"], np.int64)[gd]), 1)
+    per_dataset = np.zeros((D, T), np.int64)
+    np.add.at(per_dataset, (gd, gt), 1)
+    return {
+        "applicability/model": (pairs // T).astype(np.int32),
+        "applicability/task": (pairs % T).astype(np.int32),
+        "tasks/modality": per_task.argmax(1).astype(np.int32),
+        "datasets/task": per_dataset.argmax(1).astype(np.int32),
     }
 
 
@@ -347,10 +369,11 @@ def write_bundle(
             "models/model_desc": model_desc,
             "datasets/dataset_id": c["dataset_id"],
             "datasets/dataset_desc": dataset_desc,
+            **applicability_tables(c),
         }
         tabs = {k: np.ascontiguousarray(v) for k, v in tabs.items()}
         save_file(tabs, tmp / "tables.safetensors", metadata={"format": "modellens-tables"})
-        keys = ("models", "datasets", "tasks", "metrics", "families")
+        keys = ("models", "datasets", "tasks", "metrics", "families", "modalities")
         (tmp / "vocab.json").write_text(
             json.dumps({k: c.vocab[k] for k in keys}, ensure_ascii=False)
         )
@@ -497,11 +520,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # disk full, read-only filesystem, ...: the temp dir is already gone
-        what = f"{e.strerror or e} ({errno.errorcode.get(e.errno, e.errno)})" if e.errno else e
-        print(f"error: could not write the bundle {Path(args.out).absolute()}: {what}"
-              f"{f' at {e.filename}' if e.filename else ''}; nothing was written (an existing "
-              "bundle there is unchanged)", file=sys.stderr)  # fmt: skip
+    except (OSError, SafetensorError) as e:  # disk full, read-only, ...: temp dir already gone
+        where = f" at {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error: could not write the bundle {Path(args.out).absolute()}: "
+              f"{checkpointing.io_reason(e)}{where}; nothing was written (an existing bundle "
+              "there is unchanged)", file=sys.stderr)  # fmt: skip
         return jobguard.EXIT_IOERR
     manifest = json.loads((out / "manifest.json").read_text())
     size = sum(f["bytes"] for f in manifest["files"].values())
