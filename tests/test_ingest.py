@@ -192,6 +192,16 @@ def case_empty_value(d):
     return "records.csv", 4, "model", r"empty value"
 
 
+def case_empty_numeric_value(d):
+    write_leaderboard(d, records=_set(base_records(), 5, "value", ""))
+    return "records.csv", 5, "value", r"empty value \(1 such rows\)"
+
+
+def case_value_beyond_float32(d):
+    write_leaderboard(d, records=_set(base_records(), 6, "value", "-3.5e38"))
+    return "records.csv", 6, "value", r"'-3.5e38' is out of range"
+
+
 def case_empty_file(d):
     write_leaderboard(d)
     (d / "records.csv").write_bytes(b"")
@@ -460,6 +470,19 @@ def test_config_errors_cli(flag, match, tmp_path):
     assert re.search(match, p.stderr), p.stderr
     assert "Traceback" not in p.stderr
     assert_no_output(out)
+
+
+def test_float32_maximum_itself_is_accepted():
+    """Found by tests/mutation/run.py: the range check is ``|x| > float32 max``; the maximum
+    itself is stored exactly and accepted, empty numeric fields are NaN where allowed."""
+    big = repr(float(np.finfo(np.float32).max))
+    df = pd.DataFrame({"params": [big, "-" + big, "", "7"]})
+    report = {}
+    got = ingest._parse_float(df, "params", allow_empty=True, bad_rows="error", report=report)
+    assert got.dtype == np.float64 and report == {}
+    np.testing.assert_array_equal(got[[0, 1, 3]], [float(big), -float(big), 7.0])
+    assert np.isnan(got[2])
+    assert np.isfinite(got[:2].astype(np.float32)).all()
 
 
 def test_nonexistent_source(tmp_path):
