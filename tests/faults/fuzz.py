@@ -314,9 +314,9 @@ def cases(n: int, seed: int = 0) -> Iterator[tuple[str, Callable]]:
     configs), each with its own random row / field / value."""
     rng = random.Random(seed)
     families = [corpus_case] * 3 + [serving_case] * 2 + [query_case, config_case]
-    counters = [0] * len(families)
+    counters = dict.fromkeys(families, 0)
     yield corpus_both_gz_case(rng, 0)
     for i in range(n - 1):
-        j = i % len(families)
-        yield families[j](rng, counters[j])
-        counters[j] += 1
+        f = families[i % len(families)]
+        yield f(rng, counters[f])
+        counters[f] += 1

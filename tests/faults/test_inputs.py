@@ -85,6 +85,45 @@ def test_prepare_accepts_a_210kb_description(tmp_path):
     assert len(c.model_names) == len(fuzz.MODELS)
 
 
+def _prepare(tmp_path, records):
+    from modellens_jax import prepare
+    from tests.faults.common import config_module
+
+    src = tmp_path / "src"
+    src.mkdir()
+    fuzz._write(src / "records.csv", fuzz._csv_text(fuzz.RECORD_HEADER, records))
+    cfg = config_module().get_config("tiny").data
+    cfg.source = str(src)
+    return prepare.prepare(cfg, tmp_path / "out", verbose=False)
+
+
+def test_prepare_refuses_float32_overflow(tmp_path):
+    from modellens_jax.data.ingest import CorpusError
+
+    rows = fuzz._records()
+    rows[4][4] = "1e308"
+    with pytest.raises(CorpusError, match=r"records\.csv row 5 \(line 6\), field 'value': "
+                       r"'1e308' is out of range"):  # fmt: skip
+        _prepare(tmp_path, rows)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_refuses_conflicting_duplicates_but_merges_close_ones(tmp_path):
+    from modellens_jax.data.ingest import CorpusError
+
+    rows = fuzz._records()
+    rows[0][4] = "90"
+    rows.append([*rows[0][:4], "-5000", *rows[0][5:]])
+    (tmp_path / "a").mkdir()
+    with pytest.raises(CorpusError, match=r"conflicting duplicate records .*90 \(row 1, line 2\)"
+                       r", -5000 \(row 19, line 20\)"):  # fmt: skip
+        _prepare(tmp_path / "a", rows)
+    rows[-1][4] = "92"  # sources that round differently: merged as the mean, as before
+    (tmp_path / "b").mkdir()
+    c = _prepare(tmp_path / "b", rows)
+    assert c.manifest["report"]["duplicates_merged"] == 1
+
+
 FUZZ_N = int(os.environ.get("MODELLENS_FUZZ_N", "56"))
 
 
