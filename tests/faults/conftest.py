@@ -3,6 +3,8 @@ session (the reference every interrupted / damaged run must reproduce bit for bi
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -11,6 +13,13 @@ from modellens_jax import train
 from tests.faults import common
 
 N = 6  # the straight run: checkpoints at 3 and 6
+
+# The normal suite runs a short subset (well under a minute); the rest runs in the long run
+# (``python -m tests.faults.run``, which sets this) or with MODELLENS_FAULTS_LONG=1.
+LONG = os.environ.get("MODELLENS_FAULTS_LONG") == "1"
+long_only = pytest.mark.skipif(
+    not LONG, reason="long fault run: python -m tests.faults.run or MODELLENS_FAULTS_LONG=1"
+)
 
 
 @pytest.fixture(scope="session")

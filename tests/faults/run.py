@@ -294,6 +294,20 @@ def malformed_trials(table, base, corpus, cache, n):
     return good == len(cases) and cli_good == 10
 
 
+def pytest_trials(table) -> bool:
+    """The in-process fault tests, all of them (the normal suite runs a short subset)."""
+    env = {**common.env(), "MODELLENS_FAULTS_LONG": "1"}
+    del env["XLA_FLAGS"]  # tests/conftest.py sets its 8 fake devices
+    p = subprocess.run([sys.executable, "-m", "pytest", "tests/faults", "-q", "-p",
+                        "no:randomly", "--no-header"], cwd=common.ROOT, env=env,
+                       capture_output=True, text=True, timeout=3600)  # fmt: skip
+    last = [ln for ln in p.stdout.splitlines() if " passed" in ln or " failed" in ln]
+    summary = last[-1].strip("= ") if last else p.stdout[-300:]
+    table.add("tests/faults (pytest, long set: MODELLENS_FAULTS_LONG=1)",
+              "all passed" if p.returncode == 0 else "FAILED", summary)  # fmt: skip
+    return p.returncode == 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -302,7 +316,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--out", default=None, help="also write the table (markdown) here")
     ap.add_argument("--only", default="", help="comma-separated subset: kill,term,corrupt,"
-                    "concurrent,full,malformed")  # fmt: skip
+                    "concurrent,full,malformed,pytest")  # fmt: skip
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
     only = set(filter(None, a.only.split(",")))
@@ -328,6 +342,8 @@ def main(argv=None) -> int:
             ok &= disk_full_trial(table, base, corpus, cache)
         if not only or "malformed" in only:
             ok &= malformed_trials(table, base, corpus, cache, max(50, a.fuzz))
+        if not only or "pytest" in only:
+            ok &= pytest_trials(table)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     text = (f"Fault-injection run: `python -m tests.faults.run --trials={a.trials} "

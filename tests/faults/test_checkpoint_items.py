@@ -11,7 +11,7 @@ import pytest
 
 from modellens_jax import checkpointing, train
 from tests.faults import common
-from tests.faults.conftest import N, assert_states_equal
+from tests.faults.conftest import N, assert_states_equal, long_only
 
 
 def damage_iterator(step_dir):
@@ -45,6 +45,7 @@ DAMAGE = {"iterator": damage_iterator, "iterator_unsealed": unseal_iterator,
           "meta": damage_meta, "state": damage_state}  # fmt: skip
 
 
+@long_only
 @pytest.mark.parametrize("item", list(DAMAGE))
 def test_damaged_item_detected_and_skipped(no_eval, straight, workdir, item, capsys):
     shutil.copytree(straight[0] / "checkpoints", workdir / "checkpoints")
@@ -57,6 +58,24 @@ def test_damaged_item_detected_and_skipped(no_eval, straight, workdir, item, cap
     assert any((workdir / "checkpoints.corrupt").iterdir())
 
 
+def test_item_checksums_unit():
+    """The short-suite version: a sealed iterator state and metadata catch any edit."""
+    it = checkpointing._IteratorState({"parent": {"next_index": 64}, "pending": [[1, 2]]})
+    blob = json.loads(it.get_state())
+    ok = checkpointing._IteratorState()
+    ok.set_state(json.dumps(blob).encode())
+    assert ok.sealed and ok.problem is None and ok.state == it.state
+    blob["state"]["parent"]["next_index"] += 7
+    bad = checkpointing._IteratorState()
+    bad.set_state(json.dumps(blob).encode())
+    assert bad.problem and "checksum mismatch" in bad.problem
+    meta = checkpointing.seal_meta({"step": 6, "loop": {"evals_since_best": 0}})
+    assert checkpointing.meta_problem(meta) is None
+    meta["loop"]["evals_since_best"] = 5
+    assert "checksum mismatch" in checkpointing.meta_problem(meta)
+
+
+@long_only
 def test_iterator_checksum_is_what_grain_reads(straight):
     d = common.data_state(straight[0], N)
     assert set(d) == {"sha256", "state"} and d["sha256"] == checkpointing._digest(d["state"])

@@ -9,6 +9,7 @@ import pytest
 
 from modellens_jax import checkpointing, config_check, train
 from tests.faults import common
+from tests.faults.conftest import long_only
 
 # (dotted key, bad value, what the message says): the 26 values of issue 16 and a few more.
 BAD = [
@@ -88,6 +89,7 @@ def test_command_refuses_before_anything(tmp_path):
     assert not wd.exists()
 
 
+@long_only
 def test_other_steps_on_resume_announced_and_recorded(no_eval, straight, workdir, capsys):
     shutil.copytree(straight[0] / "checkpoints", workdir / "checkpoints")
     res = train.train_and_evaluate(common.tiny_config(train__steps=9), workdir, verbose=False)

@@ -13,9 +13,10 @@ import pytest
 
 from modellens_jax import checkpointing, jobguard, train
 from tests.faults import common
-from tests.faults.conftest import N, assert_states_equal
+from tests.faults.conftest import N, assert_states_equal, long_only
 
 
+@long_only
 def test_save_failure_is_one_line_and_rerun_resumes(no_eval, straight, workdir, monkeypatch):
     import orbax.checkpoint as ocp
 
@@ -53,6 +54,27 @@ def test_train_command_maps_write_error_to_74(capsys):
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 
+def test_export_command_maps_io_errors_to_one_line(tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    from modellens_jax import export
+
+    for err in (OSError(errno.ENOSPC, "No space left on device"),
+                SafetensorError("Error while serializing: I/O error: No space left on device "
+                                "(os error 28)")):  # fmt: skip
+
+        def fail(*a, err=err, **k):
+            raise err
+
+        monkeypatch.setattr(export, "_export", fail)
+        rc = export.main([f"--workdir={tmp_path}", f"--out={tmp_path / 'bundle'}"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert rc == jobguard.EXIT_IOERR and len(lines) == 1, lines
+        assert "No space left on device (ENOSPC)" in lines[0]
+        assert not list(tmp_path.iterdir())  # and the lock is released
+
+
+@long_only
 def test_export_to_a_full_disk(straight, tmp_path, monkeypatch, capsys):
     from modellens_jax import export
 

@@ -10,11 +10,10 @@ import pytest
 
 from modellens_jax import checkpointing, jobguard, train
 from tests.faults import common
-from tests.faults.conftest import N, assert_states_equal
+from tests.faults.conftest import N, assert_states_equal, long_only
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_the_step_and_resume_is_exact(no_eval, straight, workdir, monkeypatch, sig):
+def _signal_at_step_4(monkeypatch, sig):
     real_next = train.DevicePrefetch.next
     calls = {"n": 0}
 
@@ -25,6 +24,26 @@ def test_signal_saves_the_step_and_resume_is_exact(no_eval, straight, workdir, m
         return real_next(self)
 
     monkeypatch.setattr(train.DevicePrefetch, "next", next_then_signal)
+    return real_next
+
+
+def test_sigterm_finishes_the_step_saves_it_and_stops(no_eval, workdir, monkeypatch):
+    """The short-suite version (no reference run): the step in flight is saved."""
+    _signal_at_step_4(monkeypatch, signal.SIGTERM)
+    with pytest.raises(jobguard.Interrupted, match=f"interrupted by SIGTERM at step 4/{N}"):
+        train.train_and_evaluate(  # one device: the shortest compile
+            common.tiny_config(train__steps=N, mesh__data=1), workdir, verbose=False
+        )
+    with checkpointing.Checkpointer(workdir / "checkpoints") as ckpt:
+        assert ckpt.steps() == [3, 4]
+    assert not (workdir / ".workdir.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+
+
+@long_only
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_the_step_and_resume_is_exact(no_eval, straight, workdir, monkeypatch, sig):
+    real_next = _signal_at_step_4(monkeypatch, sig)
     config = common.tiny_config(train__steps=N)
     with pytest.raises(jobguard.Interrupted, match=f"interrupted by {sig.name} at step 4/{N}"):
         train.train_and_evaluate(config, workdir, verbose=False)
@@ -41,6 +60,7 @@ def test_signal_saves_the_step_and_resume_is_exact(no_eval, straight, workdir, m
     assert common.data_state(workdir, N) == common.data_state(straight[0], N)
 
 
+@long_only
 def test_sigterm_command_exits_75_with_one_line(corpus_dir, tmp_path):
     wd = common.workdir_with(corpus_dir, tmp_path / "wd")
     p = common.start_train(wd, "--config.train.steps=100000", "--config.train.checkpoint_every=1000",
