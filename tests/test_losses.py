@@ -315,6 +315,11 @@ def test_bpr_sampled_zgap_weights_are_capped():
         min(gap, cap) * np.log1p(np.exp(-d)) for gap, d in ((5.0, 0.7), (0.8, -0.7), (1.2, -1.0))
     )
     np.testing.assert_allclose(total, draws * by_hand, rtol=1e-5)
+    # the default cap is upstream's alpha = 3 (the 5.0 gap is capped to 3, the others kept)
+    total, _ = bpr_jit(s, v, mask=m, z=z, weighting="zgap", pair_key=jax.random.key(0),
+                       num_pairs=draws)  # fmt: skip
+    np.testing.assert_allclose(total, draws * ref.bpr_loss_ref(s, v, m, None, z, "zgap", 3.0)[0],
+                               rtol=1e-5)  # fmt: skip
 
 
 def test_pointwise_matches_reference():
