@@ -315,6 +315,13 @@ def test_bpr_sampled_zgap_weights_are_capped():
         min(gap, cap) * np.log1p(np.exp(-d)) for gap, d in ((5.0, 0.7), (0.8, -0.7), (1.2, -1.0))
     )
     np.testing.assert_allclose(total, draws * by_hand, rtol=1e-5)
+    # a row without any valid pair (all values tied) adds nothing, however many draws
+    tied = np.array([[1.0, 1.0, 1.0]], np.float32)
+    total2, count2 = bpr_jit(np.r_[s, s[:1]], np.r_[v, tied], mask=np.r_[m, m[:1]],
+                             z=np.r_[z, z[:1]], weighting="zgap", weight_cap=cap,
+                             pair_key=jax.random.key(0), num_pairs=draws)  # fmt: skip
+    assert count2 == draws * 3
+    np.testing.assert_allclose(total2, draws * want_sum, rtol=1e-5)
     # the default cap is upstream's alpha = 3 (the 5.0 gap is capped to 3, the others kept)
     total, _ = bpr_jit(s, v, mask=m, z=z, weighting="zgap", pair_key=jax.random.key(0),
                        num_pairs=draws)  # fmt: skip

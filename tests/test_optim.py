@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -168,3 +169,28 @@ def test_weight_decay_mask_by_parameter_path():
         np.testing.assert_allclose(np.asarray(x), want, rtol=1e-6, err_msg=name)
         seen.add(_decayed_by_path(name))
     assert seen == {True, False}
+
+
+def test_dense_optimizer_clips_the_global_norm_by_default():
+    """Found by tests/mutation/run.py (``clip: bool = False`` survived): the optimizer training
+    builds clips the global gradient norm first. Adam is nearly scale-invariant on one step, so
+    the check takes two: a first gradient over the clip norm is cut to it, so scaling it by 2
+    changes nothing afterwards; without clipping it changes the moments and the second step."""
+    c = _tiny(learning_rate=1e-2, weight_decay=0.0, warmup_steps=0, decay="constant")
+    c.optim.clip_norm = 1.0
+    rng = np.random.default_rng(0)
+    g1, g2 = rng.normal(size=(2, 4, 3)).astype(np.float32)
+
+    def two_steps(opt, scale):
+        p = {"w": jnp.ones((4, 3))}
+        state = opt.init(p)
+        for g in (scale * g1, g2):
+            u, state = opt.update({"w": jnp.asarray(g)}, state, p)
+            p = optax.apply_updates(p, u)
+        return np.asarray(p["w"])
+
+    assert np.linalg.norm(10 * g1) > 1.0
+    clipped = optim.make_optimizer(c)
+    np.testing.assert_allclose(two_steps(clipped, 10.0), two_steps(clipped, 20.0), rtol=1e-6)
+    free = optim.make_optimizer(c, clip=False)
+    assert np.abs(two_steps(free, 10.0) - two_steps(free, 20.0)).max() > 1e-4
