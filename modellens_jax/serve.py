@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import difflib
 import gzip
 import json
 import os
@@ -51,7 +52,7 @@ from modellens_jax import fsutil
 from modellens_jax.data import schema
 
 FORMAT = "modellens-bundle"
-FORMAT_VERSION = 2  # 2: models carry log_size and release
+FORMAT_VERSION = 3  # 2: models carry log_size and release; 3: applicability tables
 MODEL_INPUTS = (
     "model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "log_size", "release",
     "family",
@@ -73,6 +74,10 @@ DATA_FILES = (
 )
 REQUIRED_FILES = (*DATA_FILES, *FUNCTIONS.values())
 PAIR_CHUNK = 1 << 16
+POOLS = ("task", "modality", "all")
+MAX_QUERY_TEXT = 1 << 20  # characters of a query's description
+MIN_TEMPERATURE = 1e-3  # the scorer's temperature floor (model.MIN_TEMPERATURE)
+NEAREST_DATASETS = 5  # known datasets a --new-task query borrows its tasks from
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
@@ -204,6 +209,7 @@ class Bundle:
 # --- CSV input ------------------------------------------------------------------------------
 # Long descriptions are real (200+ KB); prepare accepts the same (data/ingest.py).
 FIELD_SIZE_LIMIT = 1 << 24
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
 
 
@@ -313,6 +319,11 @@ def _params(where: str, value: str) -> float:
         raise InputError(f"{where}, field 'params': {value!r} is not a number (billions)") from None
     if not np.isfinite(x):
         raise InputError(f"{where}, field 'params': {value!r} is not a finite number")
+    if abs(x) > FLOAT32_MAX:  # as prepare: the tables are float32
+        raise InputError(
+            f"{where}, field 'params': {value!r} is out of range (|x| > {FLOAT32_MAX:.4g}, the "
+            "float32 maximum)"
+        )
     if x < 0:
         raise InputError(f"{where}, field 'params': negative parameter count {x:g} (billions)")
     return x
@@ -328,6 +339,24 @@ def _release_day(where: str, value: str) -> int:
         raise InputError(
             f"{where}, field 'release_date': {value!r} is not an ISO date (YYYY-MM-DD)"
         ) from None
+
+
+def closest(name: str, known: Iterable[str], n: int = 5) -> list[str]:
+    """Known names nearest to ``name`` (case-insensitive matches first)."""
+    known = list(known)
+    exact = [k for k in known if k.lower() == name.lower()]
+    lower = {k.lower(): k for k in known}
+    near = difflib.get_close_matches(name.lower(), list(lower), n=n, cutoff=0.4)
+    return list(dict.fromkeys(exact + [lower[x] for x in near]))[:n]
+
+
+def unknown_name(flag: str, value: str, known: Iterable[str], hint: str) -> InputError:
+    """The one-line error for a name the bundle does not know, with the closest known ones."""
+    near = closest(value, known)
+    return InputError(
+        f"{flag}={value!r}: not in this bundle; closest: "
+        f"{', '.join(map(repr, near)) if near else '(none)'}{hint}"
+    )
 
 
 def check_query(top_k: int | None, min_params: float | None, max_params: float | None) -> None:
@@ -394,7 +423,9 @@ class Contexts:
 
 @dataclasses.dataclass(frozen=True)
 class Recommendation:
-    """One ranked model."""
+    """One ranked model. ``prior + cold + residual == score`` (each already divided by the
+    scorer's temperature): the learned size/family prior, the cold-start size prior of a model
+    without a learned ID, and the network's residual. ``pool`` says why it is a candidate."""
 
     rank: int
     model: str
@@ -406,6 +437,8 @@ class Recommendation:
     family: str
     params: float | None
     description: str
+    cold: float = 0.0
+    pool: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -466,6 +499,18 @@ class Recommender:
         self.model_desc_dim = int(inp["model_desc_dim"])
         self.dataset_desc_dim = int(inp["dataset_desc_dim"])
         self._known: ModelPool | None = None
+        t = bundle.tables
+        am, at = np.asarray(t["applicability/model"]), np.asarray(t["applicability/task"])
+        order = np.argsort(at, kind="stable")
+        bounds = np.searchsorted(at[order], np.arange(len(v["tasks"]) + 1))
+        self.task_models = [np.sort(am[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.task_modality = np.asarray(t["tasks/modality"])
+        self.dataset_task = np.asarray(t["datasets/task"])
+        m_cfg = bundle.config.get("model", {})
+        self.temperature = max(float(np.asarray(bundle.params["temperature"])), MIN_TEMPERATURE)
+        self.cold_size_prior = (
+            float(m_cfg.get("cold_size_prior", 0.0)) if m_cfg.get("use_size_feature", True) else 0.0
+        )
 
     @classmethod
     def load(
@@ -712,48 +757,145 @@ class Recommender:
         families: Iterable[str] | None = None,
         keep_unknown_size: bool = True,
         cached: bool = True,
+        pool: str = "task",
+        new_task: bool = False,
     ) -> list[Recommendation]:
         """The ``top_k`` best models (all when None/0) for one query, best first.
 
-        ``candidates``: a :class:`ModelPool`, a models.csv path, rows, or None (all known
-        models). Filters: ``max_params``/``min_params`` (billions; models of unknown size are
-        kept unless ``keep_unknown_size=False``) and ``families`` (names, case-insensitive)."""
+        ``candidates``: a :class:`ModelPool`, a models.csv path, rows, or None: the known models
+        of the query's ``pool`` (see :meth:`resolve_query`; the ranking losses only compare
+        models inside one evaluation group, so a score for a model never evaluated on the task
+        means little). Filters: ``max_params``/``min_params`` (billions; models of unknown size
+        are kept unless ``keep_unknown_size=False``) and ``families`` (names,
+        case-insensitive)."""
         check_query(top_k, min_params, max_params)
-        pool = candidates if isinstance(candidates, ModelPool) else self.candidates(candidates)
+        task, task_rows, reason = self.resolve_query(
+            dataset=dataset, dataset_desc=dataset_desc, task=task, metric=metric, pool=pool,
+            new_task=new_task, candidates=candidates is not None,
+        )  # fmt: skip
+        if candidates is None:
+            models = self.known_models() if task_rows is None else self._known_pool(task_rows)
+        elif isinstance(candidates, ModelPool):
+            models, reason = candidates, "given as a candidate"
+        else:
+            models, reason = self.candidates(candidates), "given as a candidate"
         ctx = self.contexts(
             [{"dataset": dataset, "dataset_desc": dataset_desc, "task": task, "metric": metric}]
         )
-        keep = np.ones(len(pool), bool)
-        known_size = np.isfinite(pool.params)
+        keep = np.ones(len(models), bool)
+        known_size = np.isfinite(models.params)
         if max_params is not None:
-            keep &= np.where(known_size, pool.params <= max_params, keep_unknown_size)
+            keep &= np.where(known_size, models.params <= max_params, keep_unknown_size)
         if min_params is not None:
-            keep &= np.where(known_size, pool.params >= min_params, keep_unknown_size)
+            keep &= np.where(known_size, models.params >= min_params, keep_unknown_size)
         if families is not None:
             fam = {x.lower() for x in families}
-            keep &= np.asarray([x.lower() in fam for x in pool.families], bool)
-        out = self.score_matrix(pool, ctx, cached=cached)
+            keep &= np.asarray([x.lower() in fam for x in models.families], bool)
+        out = self.score_matrix(models, ctx, cached=cached)
         score = out["score"][0]
         idx = np.flatnonzero(keep)
         idx = idx[np.argsort(-score[idx], kind="stable")]
         if top_k:
             idx = idx[:top_k]
         cu = ctx.unknown[0]
+        cold = self.cold_prior(models) / self.temperature
+        prior = out["prior"] / self.temperature - cold
         return [
             Recommendation(
                 rank=r + 1,
-                model=pool.names[i],
+                model=models.names[i],
                 score=float(score[i]),
-                prior=float(out["prior"][i]),
-                residual=float(out["residual"][0, i]),
-                unknown=(*pool.unknown[i], *cu),
-                known=bool(pool.known[i]),
-                family=pool.families[i],
-                params=float(pool.params[i]) if np.isfinite(pool.params[i]) else None,
-                description=pool.descriptions[i],
+                prior=float(prior[i]),
+                # the residual's share, so that prior + cold + residual is the score exactly
+                residual=float(score[i]) - float(prior[i]) - float(cold[i]),
+                unknown=(*models.unknown[i], *cu),
+                known=bool(models.known[i]),
+                family=models.families[i],
+                params=float(models.params[i]) if np.isfinite(models.params[i]) else None,
+                description=models.descriptions[i],
+                cold=float(cold[i]),
+                pool=reason,
             )
             for r, i in enumerate(idx)
         ]
+
+    def cold_prior(self, pool: ModelPool) -> np.ndarray:
+        """The cold-start size prior inside the exported prior, per pool model (before the
+        temperature): ``cold_size_prior · log10(params)`` for models without a learned ID."""
+        a = pool.arrays
+        on = (a["model_id"] == 0) & (a["size_bucket"] > 0)
+        return np.where(on, self.cold_size_prior * a["log_size"], 0.0).astype(np.float64)
+
+    def resolve_query(
+        self, *, dataset: str | None, dataset_desc: str | None, task: str | None,
+        metric: str | None, pool: str = "task", new_task: bool = False, candidates: bool = False,
+    ) -> tuple[str | None, np.ndarray | None, str]:  # fmt: skip
+        """Checks a query's names and returns (the task to score with, rows of the known models
+        in its pool or None for all, why they are in it).
+
+        An unknown task, metric or (description-less) dataset is an InputError naming the
+        closest known names; ``new_task`` accepts an unknown task given a description: its pool
+        and context come from the tasks of the ``NEAREST_DATASETS`` most similar known
+        datasets. ``pool``: ``task`` (models with records on the task), ``modality`` (on any
+        task of its modality) or ``all``. With explicit ``candidates`` the task may be left
+        out (scored as unknown)."""
+        v = self.bundle.vocab
+        if pool not in POOLS:
+            raise InputError(f"--pool={pool!r}: expected one of {', '.join(POOLS)}")
+        if dataset_desc is not None and len(dataset_desc) > MAX_QUERY_TEXT:
+            raise InputError(
+                f"--dataset-desc: {len(dataset_desc):,} characters; at most {MAX_QUERY_TEXT:,}"
+            )
+        if dataset_desc is not None and not dataset_desc.strip() and not dataset:
+            raise InputError("--dataset-desc: empty; describe the dataset or give --dataset")
+        if dataset and dataset not in self.dataset_index and not (dataset_desc or "").strip():
+            raise unknown_name("--dataset", dataset, v["datasets"],
+                               " (a new dataset needs --dataset-desc)")  # fmt: skip
+        if metric and metric not in self.metric_index:
+            raise unknown_name("--metric", metric, v["metrics"][1:], " (--list-metrics)")
+        if not task and dataset in self.dataset_index:
+            task = v["tasks"][int(self.dataset_task[self.dataset_index[dataset]])]
+        if not task and not candidates:
+            raise InputError("--task: missing (--list-tasks prints the tasks this bundle knows)")
+        if not task:  # explicit candidates, no task: scored with the [UNK] task, reported
+            return None, None, "given as a candidate"
+        nearest = None
+        if task not in self.task_index:
+            if not new_task:
+                raise unknown_name("--task", task, v["tasks"][1:],
+                                   " (--list-tasks; --new-task to score a task it has never "
+                                   "seen)")  # fmt: skip
+            if not (dataset_desc or "").strip():
+                raise InputError(f"--new-task: {task!r} needs --dataset-desc")
+            nearest = self.nearest_tasks(_dataset_text(dataset, task, dataset_desc or ""))
+            if not nearest:
+                return task, None, f"new task {task!r}: all known models (no similar dataset)"
+        context_task = v["tasks"][nearest[0]] if nearest else task
+        if pool == "all":
+            return context_task, None, "all known models"
+        tasks = nearest or [self.task_index[task]]
+        label = ", ".join(v["tasks"][x] for x in tasks)
+        if pool == "modality":
+            mods = {int(self.task_modality[x]) for x in tasks}
+            tasks = [x for x in range(1, len(v["tasks"])) if int(self.task_modality[x]) in mods]
+            label = " / ".join(v["modalities"][m] for m in sorted(mods)) + " tasks"
+        rows = np.unique(np.concatenate([self.task_models[x] for x in tasks]))
+        why = f"records on {label}"
+        if nearest:
+            why = f"new task {task!r}: {why} (the tasks of the most similar known datasets)"
+        return context_task, rows, why
+
+    def nearest_tasks(self, text: str) -> list[int]:
+        """Task ids of the known datasets most similar to ``text`` (description cosine), the
+        most similar first."""
+        t = self.bundle.tables
+        emb = np.asarray(t["datasets/dataset_desc"], np.float32)
+        if emb.shape[1] == 0:  # a model without descriptions: nothing to compare
+            return []
+        q = self.embed([text], emb.shape[1])[0]
+        sim = emb @ q / np.maximum(np.linalg.norm(emb, axis=1) * np.linalg.norm(q), 1e-12)
+        top = np.argsort(-sim, kind="stable")[:NEAREST_DATASETS]
+        return list(dict.fromkeys(int(self.dataset_task[j]) for j in top if self.dataset_task[j]))
 
     def score_pairs(
         self,

@@ -30,7 +30,9 @@ def test_extra_fields_refused(tmp_path):
         serve.read_csv(f, ["model"])
 
 
-@pytest.mark.parametrize("v,why", [("-5", "negative"), ("inf", "finite"), ("nan", "finite")])
+@pytest.mark.parametrize(
+    "v,why", [("-5", "negative"), ("inf", "finite"), ("nan", "finite"), ("1e308", "out of range")]
+)
 def test_bad_params_refused(v, why):
     with pytest.raises(serve.InputError, match=f"field 'params'.*{why}"):
         serve._params("c.csv row 1 (line 2)", v)
