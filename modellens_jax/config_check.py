@@ -29,6 +29,35 @@ def _get(c: ml_collections.ConfigDict, key: str) -> Any:
     return node
 
 
+def _has(c: ml_collections.ConfigDict, key: str) -> bool:
+    node: Any = c
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _validate_partial(config: ml_collections.ConfigDict, judges) -> ml_collections.ConfigDict:
+    """The per-key checks of :func:`validate` for the keys ``config`` has."""
+    keys = [*INT_POSITIVE, *INT_NONNEG, *(f"model.{d}" for d in DIMS), *POSITIVE, *NONNEG,
+            *RATES, *CHOICES]  # fmt: skip
+    present = {k for k in keys if _has(config, k)}
+    if present == set(keys) and all(_has(config, k) for k in ("mesh.data", "mesh.model")):
+        return validate(config, judges=judges, check_mesh=False)
+    sub = ml_collections.ConfigDict()
+    for k in present:
+        node = sub
+        *path, last = k.split(".")
+        for part in path:
+            if part not in node:
+                node[part] = ml_collections.ConfigDict()
+            node = node[part]
+        node[last] = _get(config, k)
+    _check_keys(sub, present, judges)
+    return config
+
+
 def _num(key: str, v: Any, integer: bool) -> float:
     if (
         isinstance(v, bool)
@@ -69,19 +98,8 @@ CHOICES = {
 }
 
 
-def validate(
-    config: ml_collections.ConfigDict,
-    *,
-    device_count: int | None = None,
-    process_count: int = 1,
-    judges: tuple[str, ...] | None = None,
-    check_mesh: bool = True,
-) -> ml_collections.ConfigDict:
-    """Raises :class:`ConfigError` for the first bad value; returns ``config``.
-
-    ``device_count`` (default: ``jax.device_count()``, imported only then) resolves
-    ``mesh.data=-1`` for the divisibility checks; ``check_mesh=False`` skips those (a sweep
-    planning runs for devices it cannot see; the trainer checks again)."""
+def _check_keys(config: ml_collections.ConfigDict, only: set[str] | None, judges) -> None:
+    """Types, ranges and choices of each key (``only``: just those keys)."""
     checks: list[tuple[tuple[str, ...], Callable[[str, Any], None]]] = []
 
     def positive_int(k, v):
@@ -109,14 +127,37 @@ def validate(
                (NONNEG, nonneg), (RATES, rate)]  # fmt: skip
     for keys, check in checks:
         for k in keys:
-            check(k, _get(config, k))
+            if only is None or k in only:
+                check(k, _get(config, k))
     choices = dict(CHOICES)
     if judges is not None:
         choices["train.judge"] = judges
     for k, allowed in choices.items():
+        if only is not None and k not in only:
+            continue
         v = _get(config, k)
         if v not in allowed:
             raise ConfigError(f"config {k}={v!r}: expected one of {', '.join(allowed)}")
+
+
+def validate(
+    config: ml_collections.ConfigDict,
+    *,
+    device_count: int | None = None,
+    process_count: int = 1,
+    judges: tuple[str, ...] | None = None,
+    check_mesh: bool = True,
+    partial: bool = False,
+) -> ml_collections.ConfigDict:
+    """Raises :class:`ConfigError` for the first bad value; returns ``config``.
+
+    ``device_count`` (default: ``jax.device_count()``, imported only then) resolves
+    ``mesh.data=-1`` for the divisibility checks; ``check_mesh=False`` skips those (a sweep
+    planning runs for devices it cannot see; the trainer checks again). ``partial=True``
+    checks only the keys present (a sweep over a config file that is not a training config)."""
+    if partial:
+        return _validate_partial(config, judges)
+    _check_keys(config, None, judges)
     w = config.loss.weights
     if not any(float(w[k]) > 0 for k in ("listwise", "pairwise", "pointwise")):
         raise ConfigError("config loss.weights: at least one of listwise, pairwise, pointwise "

@@ -375,7 +375,7 @@ def plan(config_spec: str, root: str | os.PathLike, extra: str | Sequence[str] =
         except SweepError as e:
             raise SweepError(f"run {name}: {e}") from None
         try:  # the trainer's own checks, before any run starts
-            config_check.validate(cfg, check_mesh=False)
+            config_check.validate(cfg, check_mesh=False, partial=True)
         except config_check.ConfigError as e:
             raise SweepError(f"run {name}: {e}") from None
         for key, value in point.items():
