@@ -1,18 +1,23 @@
 """``python -m modellens_jax.recommend --bundle=B --dataset-desc="…" --task=… --metric=…
 [--dataset=NAME] [--candidates=models.csv] [--top-k=10] [--json] [--format=…]``
 
-Ranks every model the bundle knows (or the ``--candidates`` rows, corpus ``models.csv`` format:
-``model, family, params, model_desp, release_date``; unseen models get ``[UNK]`` IDs) for one
-dataset and prints the top K with score, prior, residual and the features that were unknown.
-Filters:
-``--max-params``/``--min-params`` (billions) and ``--families=a,b``.
+Ranks the models that can do the query's task (or the ``--candidates`` rows, corpus
+``models.csv`` format: ``model, family, params, model_desp, release_date``; unseen models get
+``[UNK]`` IDs) for one dataset and prints the top K with the score split into prior, cold-start
+prior and residual (they add up to the score), the features that were unknown and why each model
+is in the pool. Pools (``--pool``): ``task`` (default: models with records on the task),
+``modality`` (on any task of its modality), ``all``. A task, metric or dataset the bundle does not
+know is an error naming the closest known ones (``--list-tasks``, ``--list-metrics`` print
+them); ``--new-task`` scores a task it has never seen, with the pool and context of the tasks of
+the most similar known datasets. Filters: ``--max-params``/``--min-params`` (billions) and
+``--families=a,b``.
 
 Output formats (``--format``; ``--json`` = ``--format=json``)
 -------------------------------------------------------------
 ``table``  a text table (default).
 
 ``json``   ``{"query": {...}, "results": [{rank, model, score, prior, residual, unknown, known,
-           family, params, description}, ...]}``.
+           family, params, description, cold, pool}, ...]}``.
 
 ``routellm``  for lm-sys/RouteLLM, which routes each prompt between exactly two models, a
            *strong* and a *weak* one (``Controller(routers=[...], strong_model=...,
@@ -46,7 +51,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from modellens_jax import fsutil
-from modellens_jax.serve import BundleError, InputError, Recommendation, Recommender, check_query
+from modellens_jax.serve import (
+    POOLS,
+    BundleError,
+    InputError,
+    Recommendation,
+    Recommender,
+    check_query,
+)
 
 FORMATS = ("table", "json", "routellm", "llmrouter")
 
@@ -110,18 +122,20 @@ def format_table(results: Sequence[Recommendation], query: dict[str, Any]) -> st
     w = max([len(r.model) for r in results] + [5])
     w = min(w, 60)
     lines.append(
-        f"{'rank':>4}  {'model':<{w}}  {'score':>8}  {'prior':>8}  {'residual':>8}  "
-        f"{'params':>8}  {'family':<12}  unknown"
+        f"{'rank':>4}  {'model':<{w}}  {'score':>8}  {'prior':>8}  {'cold':>8}  "
+        f"{'residual':>8}  {'params':>8}  {'family':<12}  unknown"
     )
     for r in results:
         p = f"{r.params:g}B" if r.params is not None else "?"
         lines.append(
-            f"{r.rank:>4}  {r.model[:w]:<{w}}  {r.score:>8.4f}  {r.prior:>8.4f}  "
+            f"{r.rank:>4}  {r.model[:w]:<{w}}  {r.score:>8.4f}  {r.prior:>8.4f}  {r.cold:>8.4f}  "
             f"{r.residual:>8.4f}  {p:>8}  {r.family[:12]:<12}  "
             f"{','.join(r.unknown) or '-'}"
         )
     if not results:
         lines.append("(no model passes the filters)")
+    else:
+        lines.append(f"pool: {results[0].pool}; score = prior + cold + residual")
     return "\n".join(lines)
 
 
@@ -167,7 +181,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="same as --format=json")
     ap.add_argument("--router", default="mf", help="RouteLLM router for --format=routellm")
     ap.add_argument("--out", default=None, help="write to this file instead of stdout")
+    ap.add_argument("--pool", default="task", choices=POOLS,
+                    help="candidates: models with records on the task (default), on its "
+                    "modality, or all")  # fmt: skip
+    ap.add_argument("--new-task", action="store_true",
+                    help="accept a task the bundle has never seen (needs --dataset-desc)")  # fmt: skip
+    ap.add_argument("--list-tasks", action="store_true", help="print the known tasks and exit")
+    ap.add_argument("--list-metrics", action="store_true", help="print the known metrics, exit")
     args = ap.parse_args(argv)
+    if args.list_tasks or args.list_metrics:
+        try:
+            vocab = Recommender.load(args.bundle).bundle.vocab
+        except (BundleError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print("\n".join(vocab["tasks" if args.list_tasks else "metrics"][1:]))
+        return 0
     if not (args.dataset_desc or args.dataset):
         ap.error("give --dataset-desc (a new dataset) or --dataset (a known one)")
     fmt = "json" if args.json else args.format
@@ -196,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_params=args.max_params,
             min_params=args.min_params,
             families=args.families.split(",") if args.families else None,
+            pool=args.pool,
+            new_task=args.new_task,
         )
         text = render(results, query, fmt, args.router)
     except (BundleError, InputError, FileNotFoundError) as e:

@@ -22,9 +22,10 @@ from flax import nnx
 from test_model import DESC, SIZES  # the tiny vocabulary sizes both files test with
 
 from modellens_jax import export, recommend, score, serve
+from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import pipeline, schema
 from modellens_jax.data.batch import synthetic_batch
-from modellens_jax.model import FeatureSizes, Scorer
+from modellens_jax.model import MIN_TEMPERATURE, FeatureSizes, Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 # Until the embedding stage lands, the trained bundle is built without descriptions; flip this
@@ -241,15 +242,31 @@ def test_bundle_layout(trained) -> None:
 def test_rank_known_and_unseen(trained, rec, tmp_path) -> None:
     v, t = rec.bundle.vocab, rec.bundle.tables
     known_ds = v["datasets"][int(np.flatnonzero(t["datasets/dataset_id"] > 0)[0])]
-    res = rec.rank(dataset=known_ds, task=v["tasks"][1], metric=v["metrics"][1], top_k=7)
+    res = rec.rank(
+        dataset=known_ds, task=v["tasks"][1], metric=v["metrics"][1], top_k=7, pool="all"
+    )
     assert len(res) == 7 and [r.rank for r in res] == list(range(1, 8))
     assert all(a.score >= b.score for a, b in zip(res, res[1:]))
     assert all("dataset_id" not in r.unknown and r.known for r in res)
-    for r in res:  # score = (residual + prior) / T
-        assert r.score == pytest.approx((r.prior + r.residual) / trained["T"], rel=1e-4, abs=1e-5)
-    # A new dataset with an unknown task: [UNK] dataset ID and task are reported.
-    res = rec.rank(dataset_desc="Legal contracts NER", task="No Such Task", metric=v["metrics"][1])
-    assert {"dataset_id", "task"} <= set(res[0].unknown) and "metric" not in res[0].unknown
+    pool = rec.known_models()
+    ctx = rec.contexts([{"dataset": known_ds, "task": v["tasks"][1], "metric": v["metrics"][1]}])
+    raw = rec.score_matrix(pool, ctx)
+    for r in res:  # the shown parts add up to the score; the raw score is (residual + prior) / T
+        i = pool.names.index(r.model)
+        assert r.prior + r.cold + r.residual == r.score
+        assert r.score == pytest.approx(
+            (raw["prior"][i] + raw["residual"][0, i]) / trained["T"], rel=1e-4, abs=1e-5
+        )
+        assert (r.prior + r.cold) * trained["T"] == pytest.approx(raw["prior"][i], abs=1e-4)
+        assert r.pool == "all known models"
+    # An unknown task is an error naming the closest known ones; --new-task scores it with the
+    # pool and context of the nearest known tasks.
+    with pytest.raises(serve.InputError, match=r"--task='No Such Task': not in this bundle"):
+        rec.rank(dataset_desc="Legal contracts NER", task="No Such Task", metric=v["metrics"][1])
+    res = rec.rank(dataset_desc="Legal contracts NER", task="No Such Task",
+                   metric=v["metrics"][1], new_task=True)  # fmt: skip
+    assert res and res[0].pool.startswith("new task 'No Such Task': ")
+    assert "dataset_id" in res[0].unknown and "metric" not in res[0].unknown
     # Candidates: one known model, unseen ones (one of an unknown family), and filters.
     known = v["models"][int(np.flatnonzero(t["models/model_id"] > 0)[0])]
     fam = v["families"][1]
@@ -599,3 +616,57 @@ def test_descriptions_path(compiled_corpus, tmp_path, monkeypatch) -> None:
     vec = embed.embed_texts(["New Set (" + task + "). Some text."])[0][0]
     np.testing.assert_allclose(ctx.arrays["dataset_desc"][0], vec.astype(np.float16), atol=1e-6)
     assert ctx.unknown[0] == ("dataset_id", "metric")
+
+
+def test_default_pool_holds_only_models_with_records_on_the_task(
+    trained, rec, compiled_corpus, capsys
+) -> None:
+    """Issue 15: the default pool of a known-task query is the models with records on that
+    task (checked against the corpus's records), ``modality`` widens it to the task's modality
+    and ``all`` to every model; each result says why it is in the pool."""
+    c = corpus_lib.load_corpus(compiled_corpus)
+    v = rec.bundle.vocab
+    rec_task = np.asarray(c["group_task"])[np.asarray(c["rec_group"])]
+    rec_model = np.asarray(c["rec_model"])
+    gd = np.asarray(c["group_dataset"])
+    modality = np.asarray(c["dataset_modality"])[gd]
+    gt = np.asarray(c["group_task"])
+    main_modality = {  # a task's modality: the most frequent among its groups' datasets
+        x: int(np.bincount(modality[gt == x]).argmax()) if (gt == x).any() else 0
+        for x in range(len(v["tasks"]))
+    }
+    for t in range(1, len(v["tasks"]), 9):
+        task = v["tasks"][t]
+        want = {v["models"][m] for m in np.unique(rec_model[rec_task == t])}
+        res = rec.rank(dataset_desc="Some new data.", task=task, metric=v["metrics"][1], top_k=0)
+        assert {r.model for r in res} == want, task
+        assert all(r.pool == f"records on {task}" for r in res)
+        wide = rec.rank(dataset_desc="Some new data.", task=task, metric=v["metrics"][1],
+                        top_k=0, pool="modality")  # fmt: skip
+        same_tasks = [x for x in range(1, len(v["tasks"])) if main_modality[x] == main_modality[t]]
+        same = np.isin(rec_task, same_tasks)
+        assert {r.model for r in wide} >= want
+        assert {r.model for r in wide} == {v["models"][m] for m in np.unique(rec_model[same])}
+        assert all(r.pool.startswith("records on ") and r.pool.endswith(" tasks") for r in wide)
+        every = rec.rank(dataset_desc="d", task=task, metric=v["metrics"][1], top_k=0, pool="all")
+        assert len(every) == len(v["models"])
+    # Unknown names are errors naming the closest known ones; --list-tasks prints the tasks.
+    task = v["tasks"][1]
+    with pytest.raises(serve.InputError, match=r"--task='.*': not in this bundle; closest: '"):
+        rec.rank(dataset_desc="d", task=task.upper() + "x", metric=v["metrics"][1])
+    with pytest.raises(serve.InputError, match=r"--metric='nope@10': not in this bundle"):
+        rec.rank(dataset_desc="d", task=task, metric="nope@10")
+    with pytest.raises(serve.InputError, match=r"--dataset='no-such-set'.*needs --dataset-desc"):
+        rec.rank(dataset="no-such-set", task=task, metric=v["metrics"][1])
+    with pytest.raises(serve.InputError, match=r"--dataset-desc: empty"):
+        rec.rank(dataset_desc="  ", task=task, metric=v["metrics"][1])
+    with pytest.raises(serve.InputError, match=r"--dataset-desc: 10,485,760 characters"):
+        rec.rank(dataset_desc="x" * (10 << 20), task=task, metric=v["metrics"][1])
+    with pytest.raises(serve.InputError, match=r"--pool='x'"):
+        rec.rank(dataset_desc="d", task=task, metric=v["metrics"][1], pool="x")
+    b = trained["bundle"]
+    assert recommend.main([f"--bundle={b}", "--list-tasks"]) == 0
+    assert capsys.readouterr().out.split("\n")[:-1] == v["tasks"][1:]
+    assert recommend.main([f"--bundle={b}", "--dataset-desc=d", "--task=zz-unheard"]) == 2
+    assert "error: --task='zz-unheard': not in this bundle" in capsys.readouterr().err
+    assert serve.MIN_TEMPERATURE == MIN_TEMPERATURE
