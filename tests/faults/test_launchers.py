@@ -47,8 +47,11 @@ def test_multiprocess_launcher_forwards_and_waits(tmp_path, sig):
     out.mkdir()
     env = {**os.environ, "PYTHON": str(fake), "FAKE_OUT": str(out), "PORT": "1",
            "WORKDIR": str(tmp_path / "wd"), "NUM_PROCESSES": "3"}  # fmt: skip
+    # A shell cannot trap a signal it was started with ignored (background jobs of a
+    # non-interactive shell ignore SIGINT), so the launcher starts with the default handlers.
     p = subprocess.Popen(["bash", str(ROOT / "launch" / "multiprocess_local.sh")], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         n = int(env["NUM_PROCESSES"])
         assert wait_for(lambda: len(list(out.glob("ready_*"))) == n, timeout=30)
