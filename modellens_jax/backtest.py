@@ -111,22 +111,30 @@ def folds(config: ml_collections.ConfigDict, which: str) -> list[tuple[float, fl
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """The backtest section is coherent (ValueError naming the key)."""
+    """The training config (``config_check``) and the backtest section are valid (ConfigError
+    naming the key, before anything runs)."""
+    from modellens_jax.config_check import ConfigError, validate
+
+    validate(config)
     b = config.backtest
     for key in ("val_cutoffs", "test_cutoffs", "split_seeds", "train_seeds"):
         if not len(tuple(b[key])):
-            raise ValueError(f"config backtest.{key}: must not be empty")
-    for which in ("val", "test"):
-        h = float(b[f"{which}_horizon"])
-        for q in b[f"{which}_cutoffs"]:
-            splits.check_backtest(float(q), h)
+            raise ConfigError(f"config backtest.{key}: must not be empty")
+    try:
+        for which in ("val", "test"):
+            h = float(b[f"{which}_horizon"])
+            for q in b[f"{which}_cutoffs"]:
+                splits.check_backtest(float(q), h)
+    except ValueError as e:
+        msg = str(e).replace("data.split.cutoff", f"backtest.{which}_cutoffs")
+        raise ConfigError(msg.replace("data.split.horizon", f"backtest.{which}_horizon")) from None
     if max(b.val_cutoffs) >= min(b.test_cutoffs) or b.val_horizon > min(b.test_cutoffs):
-        raise ValueError(
+        raise ConfigError(
             f"config backtest: validation folds (cut-offs {tuple(b.val_cutoffs)}, horizon "
             f"{b.val_horizon}) must end by the first test cut-off {min(b.test_cutoffs)}"
         )
     if int(b.bootstrap) < 100:
-        raise ValueError(f"config backtest.bootstrap={b.bootstrap}: must be >= 100")
+        raise ConfigError(f"config backtest.bootstrap={b.bootstrap}: must be >= 100")
 
 
 def _unit_name(cutoff: float, split_seed: int) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from modellens_jax import backtest, baselines, evaluate
+from modellens_jax.config_check import ConfigError
 from modellens_jax.data import competence, corpus, pipeline, splits
 from tests.test_baselines import make_corpus
 
@@ -119,7 +120,15 @@ def test_backtest_config_errors():
         corpus.validate_data_config(cfg.data)
     cfg = _default()()
     cfg.backtest.val_horizon = 0.9  # would see the test folds' arrivals
-    with pytest.raises(ValueError, match="must end by the first test cut-off"):
+    with pytest.raises(ConfigError, match="must end by the first test cut-off"):
+        backtest.check_config(cfg)
+    cfg = _default()()
+    cfg.backtest.test_cutoffs = (1.5,)
+    with pytest.raises(ConfigError, match=r"backtest\.test_cutoffs=1\.5: must be inside"):
+        backtest.check_config(cfg)
+    cfg = _default()()
+    cfg.train.steps = 0  # the training config is validated too, before anything runs
+    with pytest.raises(ConfigError, match=r"train\.steps=0"):
         backtest.check_config(cfg)
 
 
