@@ -19,7 +19,8 @@ datasets and records); the baselines are fit on the same training records.
 **Figures.** Per setting and scorer: the mean over (fold, split seed, training seed) runs of
 the mean τ_w over groups, with a 95 % bootstrap interval (groups resampled inside each fold);
 "A beats B" is a paired bootstrap of the per-group differences over the same groups. A ranker
-that gives a group one score (or NaN) counts τ_w 0 there.
+that gives a group one score (or NaN) counts τ_w 0 there; so does, for every scorer alike, a
+group whose true values all tie (τ undefined).
 
 **Test discipline.** ``--folds=val`` is for choosing settings. ``--folds=test`` appends a line
 to ``WORKDIR/test_reads.jsonl`` (time, commit, config hash, folds) every time it reads the test

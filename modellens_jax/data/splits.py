@@ -155,17 +155,6 @@ def check_backtest(cutoff: float, horizon: float) -> None:
         )
 
 
-def primary_source(entity: np.ndarray, rec_source: np.ndarray, n: int) -> np.ndarray:
-    """Per entity (model or dataset): the source most of its records come from (ties -> lower
-    code; -1 for an entity without records)."""
-    entity = np.asarray(entity, np.int64)
-    src = np.asarray(rec_source, np.int64)
-    S = int(src.max(initial=0)) + 1
-    counts = np.zeros((n, S), np.int64)
-    np.add.at(counts, (entity, src), 1)
-    return np.where(counts.sum(1) > 0, counts.argmax(1), -1)
-
-
 def quantile_days(
     days: np.ndarray, source: np.ndarray, weights: np.ndarray, q: float, num_sources: int
 ) -> np.ndarray:
