@@ -78,6 +78,7 @@ POOLS = ("task", "modality", "all")
 MAX_QUERY_TEXT = 1 << 20  # characters of a query's description
 MIN_TEMPERATURE = 1e-3  # the scorer's temperature floor (model.MIN_TEMPERATURE)
 NEAREST_DATASETS = 5  # known datasets a --new-task query borrows its tasks from
+POOL_CACHE = 256  # task/modality pools kept with their model side (a bundle has ~100s of tasks)
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
@@ -499,6 +500,7 @@ class Recommender:
         self.model_desc_dim = int(inp["model_desc_dim"])
         self.dataset_desc_dim = int(inp["dataset_desc_dim"])
         self._known: ModelPool | None = None
+        self._pools: dict[bytes, ModelPool] = {}  # task/modality pools, model side cached
         t = bundle.tables
         am, at = np.asarray(t["applicability/model"]), np.asarray(t["applicability/task"])
         order = np.argsort(at, kind="stable")
@@ -540,6 +542,16 @@ class Recommender:
         if self._known is None:
             self._known = self._known_pool(np.arange(len(self.model_index)))
         return self._known
+
+    def known_subset(self, rows: np.ndarray) -> ModelPool:
+        """The known models ``rows`` as a pool, cached (with its model side) so that repeated
+        queries of one task or modality reuse it; at most ``POOL_CACHE`` pools are kept."""
+        key = np.asarray(rows, np.int64).tobytes()
+        if key not in self._pools:
+            if len(self._pools) >= POOL_CACHE:
+                self._pools.pop(next(iter(self._pools)))
+            self._pools[key] = self._known_pool(np.asarray(rows))
+        return self._pools[key]
 
     def _known_pool(self, rows: np.ndarray) -> ModelPool:
         t, f = self.bundle.tables, self.features
@@ -774,7 +786,7 @@ class Recommender:
             new_task=new_task, candidates=candidates is not None,
         )  # fmt: skip
         if candidates is None:
-            models = self.known_models() if task_rows is None else self._known_pool(task_rows)
+            models = self.known_models() if task_rows is None else self.known_subset(task_rows)
         elif isinstance(candidates, ModelPool):
             models, reason = candidates, "given as a candidate"
         else:

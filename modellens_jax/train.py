@@ -279,7 +279,7 @@ def train_and_evaluate(
     run (``jobguard.WorkdirLocked`` if another job holds it). SIGTERM / SIGINT finish the
     current step, save its checkpoint, wait for every save and raise ``jobguard.Interrupted``;
     a checkpoint that cannot be written raises ``checkpointing.CheckpointWriteError``."""
-    config_check.validate(config)
+    config_check.validate(config, process_count=jax.process_count())
     workdir = Path(workdir)
     say = print if (verbose and jax.process_index() == 0) else (lambda *a, **k: None)
     lock = jobguard.WorkdirLock(
@@ -312,20 +312,10 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
 
     # --- mesh ----------------------------------------------------------------------------
     mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.model))
-    n_data, n_proc = mesh.shape["data"], jax.process_count()
-    rows = int(config.input.groups_per_batch)
-    if rows % n_data or rows % n_proc:
-        raise ValueError(
-            f"config input.groups_per_batch={rows} must be divisible by the mesh data axis "
-            f"({n_data}) and the process count ({n_proc})"
-        )
+    n_proc = jax.process_count()
+    rows = int(config.input.groups_per_batch)  # divisibility: config_check.validate
     L = int(config.input.list_size)
     num_models = int(config.input.max_models_per_batch) or rows * L
-    if num_models % n_data or num_models % n_proc:
-        raise ValueError(
-            f"input.max_models_per_batch={num_models} must divide by the mesh data axis "
-            f"({n_data}) and the process count ({n_proc})"
-        )
     # Where this process's rows sit in the global batch (the models/groups blocks are the
     # concatenation of the process-local blocks in this order; slot offsets follow it).
     block, _ = sharding.process_block(mesh, rows)
@@ -337,10 +327,6 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
 
     # --- data stream -----------------------------------------------------------------------
     max_groups = int(config.input.get("max_groups_per_batch", 0))
-    if max_groups % n_proc:
-        raise ValueError(
-            f"input.max_groups_per_batch={max_groups} must divide by the process count {n_proc}"
-        )
     ds, _ = pipeline.train_dataset(
         tables, rows=rows // n_proc, list_size=L, pack=bool(config.input.pack),
         seed=int(config.seed), process_index=jax.process_index(), process_count=n_proc,

@@ -670,3 +670,17 @@ def test_default_pool_holds_only_models_with_records_on_the_task(
     assert recommend.main([f"--bundle={b}", "--dataset-desc=d", "--task=zz-unheard"]) == 2
     assert "error: --task='zz-unheard': not in this bundle" in capsys.readouterr().err
     assert serve.MIN_TEMPERATURE == MIN_TEMPERATURE
+
+
+def test_task_pool_and_its_model_side_are_cached(rec) -> None:
+    """Repeated queries of one task reuse its pool and the pool's model side (no recompute)."""
+    v = rec.bundle.vocab
+    q = {"dataset_desc": "d", "task": v["tasks"][1], "metric": v["metrics"][1]}
+    first = rec.rank(**q, top_k=3)
+    rows = rec.resolve_query(dataset=None, **q)[1]
+    pool = rec.known_subset(rows)
+    side = pool._side
+    assert side is not None and len(pool) == len(rows)
+    again = rec.rank(**q, top_k=3)
+    assert rec.known_subset(rows) is pool and pool._side is side
+    assert [r.model for r in again] == [r.model for r in first]
