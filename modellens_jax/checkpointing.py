@@ -441,12 +441,12 @@ def _leaf_checksum(x: jax.Array) -> jax.Array:
     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
     if x.dtype == jnp.bool_:
-        u = x.astype(jnp.uint32)
+        u = x  # promotes to uint32 in the product below
     else:
         width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
         u = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
     u = u.reshape(-1)
-    w = jnp.arange(u.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    w = jax.lax.iota(jnp.uint32, u.size) * 2 + 1  # 2i + 1 mod 2^32
     return jnp.sum(u * w, dtype=jnp.uint32)
 
 

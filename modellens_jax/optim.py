@@ -37,7 +37,7 @@ def schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     """Linear warm-up, then cosine decay to 5% (or constant)."""
     o = config.optim
     steps = max(int(config.train.steps), 1)
-    warm = min(int(o.warmup_steps), steps - 1) if steps > 1 else 0
+    warm = min(int(o.warmup_steps), steps - 1)  # warmup_steps >= 0 (config_check)
     lr = float(o.learning_rate)
     if o.decay == "cosine":
         if warm:
@@ -57,10 +57,11 @@ def make_optimizer(config: ml_collections.ConfigDict, *, clip: bool = True):
     and embedding tables (ndim >= 2), not to biases or the temperature."""
 
     def decay_mask(params):
-        return jax.tree.map(lambda x: getattr(x, "ndim", 0) >= 2, params)
+        return jax.tree.map(lambda x: x.ndim >= 2, params)
 
-    adamw = optax.adamw(schedule(config), b1=B1, b2=B2, eps=EPS,
-                        weight_decay=float(config.optim.weight_decay), mask=decay_mask)  # fmt: skip
+    # optax's b1, b2, eps defaults are B1, B2, EPS (tests/test_optim.py checks they stay so)
+    adamw = optax.adamw(schedule(config), weight_decay=float(config.optim.weight_decay),
+                        mask=decay_mask)  # fmt: skip
     if not clip:
         return adamw
     return optax.chain(optax.clip_by_global_norm(float(config.optim.clip_norm)), adamw)

@@ -338,6 +338,49 @@ def test_pointwise_matches_reference():
     assert got[1] == want[1]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_sums_and_counts_keep_the_scores_float_dtype_under_x64(dtype):
+    """Kills losses.x_pointwise_loss__mutmut_7 / _27 and x_bpr_loss__mutmut_30 / _80 / _137
+    (``.astype(None)`` for the squared errors, the z weights and the counts): under x64 the
+    default float is float64, so float32 or bfloat16 inputs would come back float64. Sums and
+    counts are in ``result_type(scores, float32)`` (float32 for float32/bfloat16, float64 for
+    float64), whatever the dtype of the targets (z given as float64 here), with the values of
+    the float64 references."""
+    c = make_case(3)
+    want_dt = np.float64 if dtype == "float64" else np.float32
+    z64 = c["z"].astype(np.float64)
+    with jax.enable_x64(True):
+        s = jnp.asarray(c["scores"], dtype)
+        pt = losses.pointwise_loss(s, z64, mask=c["mask"])
+        want = ref.mse_ref(np.asarray(s, np.float64), c["z"], c["mask"])
+        bprs = {
+            "dense": losses.bpr_loss(
+                s, c["values"], mask=c["mask"], segments=c["segments"], z=z64, weighting="zgap"
+            ),
+            "sampled": losses.bpr_loss(
+                s,
+                c["values"],
+                mask=c["mask"],
+                segments=c["segments"],
+                z=z64,
+                weighting="zgap",
+                pair_key=jax.random.key(0),
+                num_pairs=5,
+            ),
+            "sampled_plain": losses.bpr_loss(
+                s, c["values"], mask=c["mask"], pair_key=jax.random.key(1), num_pairs=5
+            ),
+        }
+    for name, (total, count) in {"pointwise": pt, **bprs}.items():
+        assert total.dtype == want_dt and count.dtype == want_dt, (name, total.dtype, count.dtype)
+    np.testing.assert_allclose(float(pt[0]), want[0], rtol=1e-5)
+    assert float(pt[1]) == want[1]
+    want_bpr = ref.bpr_loss_ref(np.asarray(s, np.float64), c["values"], c["mask"], c["segments"],
+                                c["z"], "zgap", 3.0)  # fmt: skip
+    np.testing.assert_allclose(float(bprs["dense"][0]), want_bpr[0], rtol=1e-5)
+    assert float(bprs["dense"][1]) == want_bpr[1]
+
+
 # --- invariances -----------------------------------------------------------------------------
 # All calls pass segments and tiebreak arrays, so they share compilations with the tests above.
 

@@ -251,3 +251,21 @@ def test_empty_accumulator_and_all_padding():
     assert out["num_groups"] == 0 and np.isnan(out["weighted_tau"])
     acc.reset()
     assert acc.result() == {}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_hit_keeps_the_input_float_dtype_under_x64(dtype):
+    """Kills metrics.x__hit__mutmut_17 (``hit.astype(None)``): under x64 the default float is
+    float64, so float32 groups would get float64 hits. Each metric's values are in
+    ``result_type(v, s, float32)``, as hit@K's numpy reference values."""
+    c = make_groups(5)
+    want = ref.group_metrics_ref(c["v"], c["s"], c["mask"], KS)
+    with jax.enable_x64(True):
+        v, s = np.asarray(c["v"], dtype), np.asarray(c["s"], dtype)
+        got = {k: metrics.hit_at_k(v, s, k, mask=c["mask"]) for k in KS}
+    for k, (val, valid) in got.items():
+        assert val.dtype == np.dtype(dtype), (k, val.dtype)
+        for r, row in enumerate(want):
+            assert bool(valid[r]) == (row[f"hit@{k}"] is not None)
+            if row[f"hit@{k}"] is not None:
+                assert float(val[r]) == row[f"hit@{k}"], (k, r)

@@ -442,6 +442,22 @@ def test_dropout_rescales_kept_units_by_one_over_keep() -> None:
     assert _dropout(xb, 0.5, jax.random.key(1)).dtype == jnp.bfloat16
 
 
+def test_dropout_mask_does_not_depend_on_x64() -> None:
+    """Kills model.x__dropout__mutmut_5 / _7 (the rate as ``jnp.asarray(rate, None)``): under
+    x64 a Python-float rate would become a float64 keep probability, and ``bernoulli`` would
+    draw its uniforms in float64, i.e. another mask for the same key. The keep probability is
+    float32 either way, so a run's dropout masks do not change with ``jax_enable_x64``."""
+    from modellens_jax.model import _dropout
+
+    x = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.5, (32, 128)).astype(np.float32))
+    for rate in (0.1, 0.3, 0.5):
+        plain = np.asarray(_dropout(x, rate, jax.random.key(7)))
+        with jax.enable_x64(True):
+            wide = _dropout(x, rate, jax.random.key(7))
+        assert wide.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(wide), plain)
+
+
 @pytest.mark.parametrize("weight", [0.0, 3.0])
 def test_cold_size_prior_applies_to_models_without_an_id_only(weight: float) -> None:
     model, b = make(cold_size_prior=weight), batch(17)

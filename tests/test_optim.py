@@ -194,3 +194,33 @@ def test_dense_optimizer_clips_the_global_norm_by_default():
     np.testing.assert_allclose(two_steps(clipped, 10.0), two_steps(clipped, 20.0), rtol=1e-6)
     free = optim.make_optimizer(c, clip=False)
     assert np.abs(two_steps(free, 10.0) - two_steps(free, 20.0)).max() > 1e-4
+
+
+def test_dense_adamw_is_adam_with_the_sparse_tables_constants():
+    """``make_optimizer`` leaves b1, b2 and eps at optax's defaults, which must stay the
+    ``B1, B2, EPS`` of the sparse tables' Adam (the sparse-equals-dense test compares the two
+    paths, not the constants): three steps against AdamW written out in numpy, with gradients
+    small enough (~1e-7) that eps matters and decay on the kernel only."""
+    lr, wd = 1e-2, 0.1
+    c = _tiny(learning_rate=lr, weight_decay=wd, warmup_steps=0, decay="constant")
+    opt = optim.make_optimizer(c, clip=False)
+    rng = np.random.default_rng(4)
+    p = {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=3)}
+    grads = [{k: 1e-7 * rng.normal(size=v.shape) for k, v in p.items()} for _ in range(3)]
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    assert (optim.B1, optim.B2, optim.EPS) == (b1, b2, eps)
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in p.items()}
+    state = opt.init(params)
+    want = {k: v.copy() for k, v in p.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v2 = {k: np.zeros_like(v) for k, v in p.items()}
+    for t, g in enumerate(grads, 1):
+        u, state = opt.update({k: jnp.asarray(x, jnp.float32) for k, x in g.items()}, state, params)
+        params = optax.apply_updates(params, u)
+        for k in p:
+            m[k] = b1 * m[k] + (1 - b1) * g[k]
+            v2[k] = b2 * v2[k] + (1 - b2) * g[k] ** 2
+            step = (m[k] / (1 - b1**t)) / (np.sqrt(v2[k] / (1 - b2**t)) + eps)
+            want[k] = want[k] - lr * (step + (wd * want[k] if k == "w" else 0.0))
+    for k in p:
+        np.testing.assert_allclose(np.asarray(params[k]), want[k], rtol=2e-5, atol=1e-6, err_msg=k)

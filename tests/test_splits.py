@@ -341,3 +341,24 @@ def test_fractions_roughly_as_configured(synthetic):
     assert 0.08 <= share < 0.16
     # overall: most records train
     assert 0.5 < (split == TRAIN).sum() / n < 0.8
+
+
+def test_temporal_holdout_counts_float32_weights_in_float64():
+    """Kills splits.x_temporal_holdout__mutmut_24 / _26 (weights kept in their own dtype):
+    summed in float32, the weight of newer models stops growing next to a 1e8 weight (spacing
+    8), so ten 3-record models would all get the same fraction. Counted in float64 they get
+    the hand-computed fractions ``(1e8 + 3(i - 1)) / (1e8 + 30)``."""
+    days = np.arange(110, -1, -10)[:11]  # newest first: the 1e8-record model, then ten of 3
+    weights = np.r_[1e8, np.full(10, 3.0)].astype(np.float32)
+    total = 1e8 + 30
+    test, val = 1 - 22.5 / total, 6 / total  # B1-B3 test (1 - 30/T .. 1 - 24/T), B4-B5 val
+    out = splits.temporal_holdout(days, val, test, np.random.default_rng(0), weights)
+    assert out.tolist() == [TEST] * 4 + [VAL] * 2 + [TRAIN] * 5
+
+
+def test_temporal_holdout_returns_int8_codes():
+    """Kills splits.x_temporal_holdout__mutmut_4 / _7 (``np.full`` without ``np.int8``): the
+    split codes are int8, as every split array of the corpus, with dates and without."""
+    rng = np.random.default_rng(0)
+    assert splits.temporal_holdout(np.array([3, 1, -1, 2]), 0.25, 0.25, rng).dtype == np.int8
+    assert splits.temporal_holdout(np.full(3, -1), 0.25, 0.25, rng).dtype == np.int8

@@ -592,6 +592,28 @@ def test_epoch_order_depends_on_seed_and_epoch(tables):
     np.testing.assert_array_equal(a._epoch_perm(0), p0)
 
 
+
+def test_epoch_order_is_drawn_once_per_epoch_from_the_documented_stream(tables, monkeypatch):
+    """Kills data.pipeline.xǁTrainListsǁ_epoch_perm__mutmut_1 / _2 / _13 / _15 (the cache of
+    epoch orders bypassed, missed, filled with None, emptied: every record read would redraw
+    an O(records) permutation), _16 (four epochs kept: the cache is the last three epochs) and
+    _10 / _12 (another SeedSequence namespace). The order of epoch ``e`` is
+    ``default_rng(SeedSequence([seed, 1, e])).permutation(per_epoch)``, written out here with
+    numpy: a resumed run recomputes it from (seed, epoch), so a code change of the stream would
+    silently give a run resumed across the change another data order."""
+    src = pipeline.TrainLists(tables.corpus, list_size=16, seed=5)
+    draws = []
+    real_rng = pipeline._rng
+    monkeypatch.setattr(pipeline, "_rng", lambda *k: draws.append(k) or real_rng(*k))
+    n = src.per_epoch
+    for e in range(10):
+        for i in range(e * n, (e + 1) * n, max(n // 7, 1)):
+            src[i]
+        want = np.random.default_rng(np.random.SeedSequence([5, 1, e])).permutation(n)
+        np.testing.assert_array_equal(src._epoch_perm(e), want)
+    assert [k for k in draws if k[1] == 1] == [(5, 1, e) for e in range(10)]
+    assert sorted(src._perms) == [7, 8, 9]
+
 def test_stream_deterministic(tables):
     def first(seed, n=8):
         ds, _ = pipeline.train_dataset(tables, rows=8, list_size=16, pack=True, seed=seed)

@@ -234,8 +234,7 @@ def _parse_float(
     s = df[field]
     empty = (s == "").to_numpy()
     vals = pd.to_numeric(s.mask(empty), errors="coerce").to_numpy(np.float64)
-    with np.errstate(invalid="ignore"):
-        huge = np.abs(vals) > FLOAT32_MAX  # stored as float32: would become inf
+    huge = np.abs(vals) > FLOAT32_MAX  # stored as float32: would become inf (NaN: False)
     bad = (~np.isfinite(vals) | huge) & ~(empty & allow_empty)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -247,8 +246,8 @@ def _parse_float(
                 if math.isfinite(x)
                 else f"{text!r} is not a finite number"
             )
-        except ValueError:
-            what = "empty value" if text == "" else f"{text!r} is not a number"
+        except ValueError:  # (empty values were refused before, or are allowed)
+            what = f"{text!r} is not a number"
         if bad_rows != "skip":
             _fail_at(df, df.index[i], field, f"{what} ({int(bad.sum())} such rows)")
         rej = report.setdefault("rejected", {})

@@ -99,8 +99,8 @@ def temporal_holdout(
     w = np.ones(len(days)) if weights is None else np.asarray(weights, np.float64)
     before = np.cumsum(w[order]) - w[order]  # weight of strictly newer models
     frac = before / max(w[order].sum(), 1e-12)
+    out[order[frac < test + val]] = VAL
     out[order[frac < test]] = TEST
-    out[order[(frac >= test) & (frac < test + val)]] = VAL
     return out
 
 
