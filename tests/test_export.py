@@ -182,8 +182,27 @@ def trained(compiled_corpus, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def rec(trained) -> serve.Recommender:
-    return serve.Recommender.load(trained["bundle"])
+def bundle(request, tmp_path_factory) -> Path:
+    """The exported bundle of ``trained``; with ``MODELLENS_TEST_BUNDLE_CACHE=DIR`` (set by
+    tests/mutation/run.py, one DIR per mutated commit) a private copy of ``DIR/bundle``,
+    exported there once, so a mutant's serving tests load a bundle instead of training one."""
+    cache = os.environ.get("MODELLENS_TEST_BUNDLE_CACHE")
+    if not cache:
+        return request.getfixturevalue("trained")["bundle"]
+    cached = Path(cache) / "bundle"
+    if not (cached / "manifest.json").is_file():
+        tmp = Path(cache) / f"partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(request.getfixturevalue("trained")["bundle"], tmp)
+        os.replace(tmp, cached)  # complete or absent
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    shutil.copytree(cached, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rec(bundle) -> serve.Recommender:
+    return serve.Recommender.load(bundle)
 
 
 def test_bundle_scores_equal_training_scorer(trained, rec) -> None:
@@ -441,6 +460,200 @@ def test_rank_filters_at_the_boundaries(rec) -> None:
     assert names(min_params=7, max_params=7, keep_unknown_size=False) == {"acme/m-7"}
 
 
+def _known_dataset(rec) -> str:
+    v = rec.bundle.vocab
+    return v["datasets"][int(np.flatnonzero(rec.bundle.tables["datasets/dataset_id"] > 0)[0])]
+
+
+def test_rank_results_follow_the_score_matrix(rec) -> None:
+    """Kills the mutants of ``serve.Recommender.rank`` in what it reports: for a known and a
+    description-only query over every known model, the results are the pool in descending
+    score with ties in pool order (a numpy stable argsort of ``score_matrix``), ranks 1..n,
+    ``top_k`` (None and 0 = all), and each field from the pool and the score matrix: the cold
+    prior ``cold_size_prior * log10(params) / T`` of models without an ID, the shown prior
+    ``raw prior / T - cold`` and the residual (T and the prior weight read from the bundle's
+    files), the unknown features of model and query, known, family, size, description, pool."""
+    v, t = rec.bundle.vocab, rec.bundle.tables
+    T = max(float(np.asarray(rec.bundle.params["temperature"])), serve.MIN_TEMPERATURE)
+    weight = float(rec.bundle.config["model"]["cold_size_prior"])
+    pool = rec.known_models()
+    a = pool.arrays
+    log_size = a["log_size"].astype(np.float64)
+    cold = np.where((a["model_id"] == 0) & (a["size_bucket"] > 0), weight * log_size, 0.0) / T
+    assert weight > 0 and (cold > 0).any() and (cold == 0).any() and abs(T - 1) > 1e-4
+    params = np.asarray(t["models/params"], np.float64)
+    assert np.isfinite(params).any() and not np.isfinite(params).all()
+    for q in ({"dataset": _known_dataset(rec)}, {"dataset_desc": "Some new data."}):
+        q = {**q, "task": v["tasks"][1], "metric": v["metrics"][1]}
+        ctx = rec.contexts([{"dataset": None, "dataset_desc": None, **q}])
+        raw = rec.score_matrix(pool, ctx)
+        score = raw["score"][0]
+        order = np.argsort(-score.astype(np.float64), kind="stable")
+        for top_k, n in ((None, len(pool)), (0, len(pool)), (25, 25), (1, 1)):
+            res = rec.rank(**q, top_k=top_k, pool="all")
+            assert [r.model for r in res] == [pool.names[i] for i in order[:n]], (q, top_k)
+            assert [r.rank for r in res] == list(range(1, n + 1))
+        res = rec.rank(**q, top_k=0, pool="all")
+        for r, i in zip(res, order):
+            assert r.score == float(score[i])
+            assert r.cold == pytest.approx(cold[i], rel=1e-6, abs=1e-12)
+            # float32 scores of magnitude ~100: a few 1e-6 of rounding in the difference
+            assert r.prior == pytest.approx(float(raw["prior"][i]) / T - cold[i], abs=5e-5)
+            assert r.residual == pytest.approx(r.score - r.prior - r.cold, rel=1e-9, abs=1e-9)
+            assert r.unknown == (*pool.unknown[i], *ctx.unknown[0])
+            assert r.known is True and r.family == pool.families[i]  # all in the bundle
+            assert r.params == (float(params[i]) if np.isfinite(params[i]) else None)
+            assert r.description == pool.descriptions[i] and r.pool == "all known models"
+        assert ("dataset_id" in ctx.unknown[0]) == ("dataset_desc" in q)
+
+
+def test_rank_candidates_and_query_checks(rec) -> None:
+    """Kills the mutants of ``serve.Recommender.rank`` in how it passes the query on: explicit
+    candidates (a pool or rows) are ranked with reason "given as a candidate", also without a
+    task; without candidates a query needs its task; the task of a known dataset is its own;
+    the pool, metric, dataset and description checks and ``check_query`` apply to ``rank``."""
+    v = rec.bundle.vocab
+    ds, task, metric = _known_dataset(rec), v["tasks"][1], v["metrics"][1]
+    rows = [{"model": "acme/m-7", "params": "7"}, {"model": "zzqx-b", "family": "zzqx"},
+            {"model": v["models"][0]}]  # fmt: skip
+    pool = rec.candidates(rows)
+    ctx = rec.contexts([{"dataset": ds, "dataset_desc": None, "task": task, "metric": metric}])
+    score = rec.score_matrix(pool, ctx)["score"][0]
+    want = [pool.names[i] for i in np.argsort(-score.astype(np.float64), kind="stable")]
+    for cands in (pool, rows):
+        res = rec.rank(dataset=ds, task=task, metric=metric, candidates=cands, top_k=0)
+        assert [r.model for r in res] == want
+        assert [r.known for r in res] == [r.model == v["models"][0] for r in res]
+        assert [r.score for r in res] == sorted(map(float, score), reverse=True)
+        assert all(r.pool == "given as a candidate" for r in res)
+    # no task: the known dataset's own task; with candidates and no dataset, the [UNK] task
+    own = v["tasks"][int(rec.bundle.tables["datasets/task"][rec.dataset_index[ds]])]
+    a = rec.rank(dataset=ds, metric=metric, candidates=pool, top_k=0)
+    b = rec.rank(dataset=ds, task=own, metric=metric, candidates=pool, top_k=0)
+    assert [(r.model, r.score) for r in a] == [(r.model, r.score) for r in b]
+    res = rec.rank(dataset_desc="Some new data.", candidates=rows, top_k=0)
+    assert {r.model for r in res} == set(pool.names)
+    assert all(r.pool == "given as a candidate" and "task" in r.unknown for r in res)
+    with pytest.raises(serve.InputError, match=r"--task: missing"):
+        rec.rank(dataset_desc="Some new data.", metric=metric)
+    # the checks of resolve_query and check_query, through rank
+    q = {"task": task, "metric": metric}
+    for kw, match in (
+        ({"dataset_desc": "d", "pool": "everything"}, r"--pool='everything'"),
+        ({"dataset_desc": "d", "metric": "nope@1"}, r"--metric='nope@1': not in this bundle"),
+        ({"dataset_desc": "d", "task": "No Such Task"}, r"--task='No Such Task': not in this"),
+        ({"dataset": "no-such-set"}, r"--dataset='no-such-set'.*needs --dataset-desc"),
+        ({"dataset_desc": "   "}, r"--dataset-desc: empty"),
+        ({"dataset_desc": "x" * (serve.MAX_QUERY_TEXT + 1)}, r"--dataset-desc: 1,048,577"),
+        ({"dataset_desc": "d", "top_k": -1}, r"--top-k=-1"),
+        ({"dataset_desc": "d", "min_params": 8, "max_params": 7}, r"--min-params=8 > --max"),
+    ):
+        with pytest.raises(serve.InputError, match=match):
+            rec.rank(**{**q, **kw})
+    # a new dataset with a description is accepted; its known name alone too
+    assert rec.rank(dataset="no-such-set", dataset_desc="A new set.", **q, top_k=2)
+    assert rec.rank(dataset=ds, dataset_desc="   ", **q, top_k=2)
+
+
+def test_rank_family_filter_is_case_insensitive(rec) -> None:
+    """Kills the ``families`` mutants of ``serve.Recommender.rank``: names match whatever
+    their case on either side, several families may be given, an empty list keeps nothing."""
+    v = rec.bundle.vocab
+    rows = [{"model": "a-1", "family": "Alpha"}, {"model": "b-1", "family": "beta"},
+            {"model": "c-1", "family": "GAMMA"}, {"model": "d-1"}]  # fmt: skip
+    pool = rec.candidates(rows)
+    fams = dict(zip(pool.names, pool.families))
+
+    def names(families):
+        res = rec.rank(dataset=_known_dataset(rec), task=v["tasks"][1], metric=v["metrics"][1],
+                       candidates=pool, top_k=0, families=families)  # fmt: skip
+        return {r.model for r in res}
+
+    assert names(None) == set(fams)
+    assert names(["alpha"]) == {"a-1"} and names(["ALPHA", "Beta"]) == {"a-1", "b-1"}
+    assert names(["gamma"]) == {"c-1"} and names(["Gamma", "nope"]) == {"c-1"}
+    assert names([fams["d-1"].upper()]) == {"d-1"} and names([]) == set()
+
+
+def test_rank_ties_defaults_caching_and_the_query_text(rec) -> None:
+    """Kills the remaining ``serve.Recommender.rank`` mutants: equal scores keep pool order
+    (20 copies each of three candidates, interleaved: a non-stable argsort reorders them); the
+    default ``top_k`` is 10 and ``new_task`` off; ``cached=False`` scores without storing the
+    pool's model side, the default stores it; size and family filters combine; an empty pool
+    is an empty answer; the query's description reaches the context (a bundle that embeds
+    descriptions is simulated by a stub embedder and the feature switched on)."""
+    v = rec.bundle.vocab
+    q = {"dataset": _known_dataset(rec), "task": v["tasks"][1], "metric": v["metrics"][1]}
+    base = rec.candidates([{"model": "acme/m-7", "params": "7", "family": "Acme"},
+                           {"model": "zzqx-b", "family": "zzqx", "params": "70"},
+                           {"model": v["models"][0]}])  # fmt: skip
+    idx = np.tile(np.arange(3), 20)
+    copies = serve.ModelPool(
+        names=[f"{base.names[i]}#{j}" for j, i in enumerate(idx)],
+        arrays={k: x[idx] for k, x in base.arrays.items()}, params=base.params[idx],
+        families=[base.families[i] for i in idx], known=base.known[idx],
+        unknown=[base.unknown[i] for i in idx], descriptions=[base.descriptions[i] for i in idx],
+    )  # fmt: skip
+    res = rec.rank(**q, candidates=copies, top_k=0, cached=False)
+    assert copies._side is None  # cached=False: the whole scorer, nothing stored
+    scores = [r.score for r in res]
+    assert len(set(scores)) == 3 and scores == sorted(scores, reverse=True)
+    for s in set(scores):
+        tied = [int(r.model.split("#")[1]) for r in res if r.score == s]
+        assert len(tied) == 20 and tied == sorted(tied), tied
+    assert [r.model for r in rec.rank(**q, candidates=copies, top_k=0)] == [r.model for r in res]
+    assert copies._side is not None  # the default caches the model side
+    assert len(rec.rank(**q, pool="all")) == 10
+    with pytest.raises(serve.InputError, match=r"--task='No Such Task': not in this bundle"):
+        rec.rank(dataset_desc="Legal contracts NER", task="No Such Task", metric=q["metric"])
+    res = rec.rank(dataset_desc="Legal contracts NER", task="No Such Task", metric=q["metric"],
+                   new_task=True, top_k=3)  # fmt: skip
+    assert len(res) == 3 and res[0].pool.startswith("new task 'No Such Task': ")
+    # filters combine: zzqx-b (70B) is cut by the size bound, acme/m-7 by the family
+    both = rec.rank(**q, candidates=base, top_k=0, max_params=10, families=["ZZQX", "ACME"])
+    assert base.families[:2] == ["acme", "zzqx"] and base.families[2].lower() not in {
+        "acme",
+        "zzqx",
+    }
+    assert {r.model for r in both} == {"acme/m-7"}
+    assert rec.rank(**q, candidates=[], families=["acme"], top_k=0) == []
+    # the description of a query on an unseen dataset is embedded for its context
+    texts = []
+
+    def embedder(batch):
+        texts.extend(batch)
+        return np.zeros((len(batch), rec.dataset_desc_dim), np.float32)
+
+    r2 = serve.Recommender(rec.bundle, embedder=embedder)
+    r2.features = {**r2.features, "dataset_desc": True}
+    res = r2.rank(dataset_desc="Legal contracts NER", task=q["task"], metric=q["metric"], top_k=1)
+    assert any("Legal contracts NER" in x for x in texts), texts
+    assert "dataset_desc" not in res[0].unknown
+
+
+def test_check_query_refuses_exactly_the_impossible_queries() -> None:
+    """Kills the mutants of ``serve.check_query``: ``top_k`` a whole number >= 0 (0 and None =
+    all; booleans, fractions and negatives refused), each size bound finite and >= 0 (0 and
+    the bounds themselves accepted), and ``min_params <= max_params`` (equal accepted)."""
+    ok = [(None, None, None), (0, None, None), (1, None, None), (10, 0.0, 0.0), (3.0, None, 5),
+          (None, 0, None), (None, None, 0), (None, 7, 7), (None, 6.9, 7.1), (None, 1e9, None),
+          (np.int64(2), np.float32(1), np.float64(2))]  # fmt: skip
+    for q in ok:
+        assert serve.check_query(*q) is None, q
+    bad = {
+        (True, None, None): "--top-k=True", (False, None, None): "--top-k=False",
+        (-1, None, None): "--top-k=-1", (2.5, None, None): "--top-k=2.5",
+        (None, -0.5, None): "--min-params=-0.5", (None, None, -1): "--max-params=-1",
+        (None, float("nan"), None): "--min-params=nan", (None, None, float("inf")): "--max-params=inf",
+        (None, float("-inf"), None): "--min-params=-inf",
+        (None, 7.5, 7): "--min-params=7.5 > --max-params=7", (None, 1, 0): "--min-params=1 >",
+    }  # fmt: skip
+    for q, msg in bad.items():
+        with pytest.raises(serve.InputError) as info:
+            serve.check_query(*q)
+        assert str(info.value).startswith(msg), (q, str(info.value))
+
+
 def test_router_pools(rec) -> None:
     v = rec.bundle.vocab
     res = rec.rank(dataset_desc="d", task=v["tasks"][1], metric=v["metrics"][1], top_k=5)
@@ -462,9 +675,9 @@ def test_router_pools(rec) -> None:
 
 
 # --- (c) tampered and incomplete bundles are refused -------------------------------------------
-def test_tampered_or_incomplete_bundle_is_refused(trained, tmp_path) -> None:
+def test_tampered_or_incomplete_bundle_is_refused(bundle, tmp_path) -> None:
     b = tmp_path / "b"
-    shutil.copytree(trained["bundle"], b)
+    shutil.copytree(bundle, b)
     f = b / "params.safetensors"
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0x01  # one byte of a parameter
@@ -474,7 +687,7 @@ def test_tampered_or_incomplete_bundle_is_refused(trained, tmp_path) -> None:
     assert recommend.main([f"--bundle={b}", "--dataset-desc=x"]) == 2
 
     shutil.rmtree(b)
-    shutil.copytree(trained["bundle"], b)
+    shutil.copytree(bundle, b)
     (b / "scorer.jaxexport").unlink()
     with pytest.raises(serve.BundleError, match=r"scorer\.jaxexport: missing.*incomplete"):
         serve.Recommender.load(b)
@@ -483,6 +696,131 @@ def test_tampered_or_incomplete_bundle_is_refused(trained, tmp_path) -> None:
         serve.Bundle.load(b)
     with pytest.raises(serve.BundleError, match="no such bundle"):
         serve.verify(tmp_path / "nowhere")
+
+
+def _edited_copy(bundle: Path, tmp_path: Path, name: str, edit) -> Path:
+    """A fresh copy of the bundle with ``edit(path)`` applied to its file ``name``."""
+    b = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+    shutil.copytree(bundle, b)
+    edit(b / name)
+    return b
+
+
+def _manifest_edit(change):
+    def edit(f: Path) -> None:
+        m = json.loads(f.read_text())
+        change(m)
+        f.write_text(json.dumps(m))
+
+    return edit
+
+
+def test_verify_checks_the_manifest_and_every_listed_file(bundle, tmp_path) -> None:
+    """Kills the mutants of ``serve.verify``: the manifest is returned as written; a bundle
+    path that is a file, an unreadable or non-UTF-8 manifest, another format, another format
+    version, a manifest without its file list or missing one required file, a listed file
+    absent, one byte longer, or changed at the same size: each refused naming its cause."""
+    assert serve.verify(bundle) == json.loads((bundle / "manifest.json").read_text())
+    assert serve.verify(str(bundle))["format_version"] == serve.FORMAT_VERSION
+    with pytest.raises(serve.BundleError, match="no such bundle directory"):
+        serve.verify(bundle / "vocab.json")
+    cases = {
+        "not json": ("manifest.json", lambda f: f.write_text("{not json"), "unreadable"),
+        "not utf-8": ("manifest.json", lambda f: f.write_bytes(b'{"a": "\xff"}'), "unreadable"),
+        "a list": ("manifest.json", lambda f: f.write_text("[]"), "not a modellens-bundle"),
+        "format": ("manifest.json", _manifest_edit(lambda m: m.update(format="other")),
+                   "not a modellens-bundle"),
+        "no format": ("manifest.json", _manifest_edit(lambda m: m.pop("format")),
+                      "not a modellens-bundle"),
+        "version": ("manifest.json",
+                    _manifest_edit(lambda m: m.update(format_version=serve.FORMAT_VERSION - 1)),
+                    f"format_version {serve.FORMAT_VERSION - 1}; this reader understands"),
+        "no version": ("manifest.json", _manifest_edit(lambda m: m.pop("format_version")),
+                       "format_version None"),
+        "no files": ("manifest.json", _manifest_edit(lambda m: m.pop("files")),
+                     "does not list params.safetensors"),
+        "files null": ("manifest.json", _manifest_edit(lambda m: m.update(files=None)),
+                       "does not list params.safetensors"),
+        "one unlisted": ("manifest.json", _manifest_edit(lambda m: m["files"].pop("texts.json")),
+                         "does not list texts.json"),
+        "absent": ("encoder.json", lambda f: f.unlink(), r"encoder\.json: missing"),
+        "longer": ("vocab.json", lambda f: f.write_bytes(f.read_bytes() + b" "),
+                   r"vocab\.json: \d+ bytes, manifest says \d+"),
+        "no size": ("manifest.json", _manifest_edit(lambda m: m["files"]["texts.json"].pop("bytes")),
+                    r"texts\.json: \d+ bytes, manifest says None"),
+        "same size": ("config.json",
+                      lambda f: f.write_bytes(f.read_bytes().replace(b"{", b"[", 1)),
+                      r"config\.json: sha256 checksum mismatch"),
+        "no digest": ("manifest.json",
+                      _manifest_edit(lambda m: m["files"]["texts.json"].pop("sha256")),
+                      r"texts\.json: sha256 checksum mismatch \(manifest None"),
+    }  # fmt: skip
+    for name, edit, match in cases.values():
+        b = _edited_copy(bundle, tmp_path, name, edit)
+        with pytest.raises(serve.BundleError, match=match):
+            serve.verify(b)
+        shutil.rmtree(b)
+    # an extra file, listed with its size and digest, is checked like the required ones
+    b = _edited_copy(bundle, tmp_path, "extra.txt", lambda f: f.write_text("x"))
+    _manifest_edit(lambda m: m["files"].update({"extra.txt": {"bytes": 2, "sha256": "0"}}))(
+        b / "manifest.json"
+    )
+    with pytest.raises(serve.BundleError, match=r"extra\.txt: 1 bytes, manifest says 2"):
+        serve.verify(b)
+
+
+def test_bundle_load_verifies_by_default_and_reads_every_part(bundle, tmp_path) -> None:
+    """Kills the mutants of ``serve.Bundle.load``: it verifies unless ``check=False`` (a bundle
+    whose bytes no longer match is refused by default and loaded without the check), every
+    part is the file's content (manifest, config, encoder, vocabulary, texts, tables and
+    parameters compared with json / safetensors reads of the files, the functions deserialized
+    and callable), and with ``check=False`` an unreadable JSON, safetensors or exported
+    function is still one BundleError naming the file."""
+    from safetensors.numpy import load_file
+
+    b = serve.Bundle.load(bundle)
+    assert b.path == Path(bundle)
+    for name, got in (("manifest.json", b.manifest), ("config.json", b.config),
+                      ("encoder.json", b.encoder), ("vocab.json", b.vocab),
+                      ("texts.json", b.texts)):  # fmt: skip
+        assert got == json.loads((bundle / name).read_text()), name
+    for name, got in (("tables.safetensors", b.tables), ("params.safetensors", b.params)):
+        want = load_file(bundle / name)
+        assert set(got) == set(want), name
+        for k, v in want.items():
+            np.testing.assert_array_equal(np.asarray(got[k]), v, err_msg=k)
+    assert all(isinstance(x, jax.Array) for x in b.params.values())
+    assert set(b.functions) == set(b.exported) == set(serve.FUNCTIONS)
+    for k, e in b.exported.items():
+        assert isinstance(e, jax.export.Exported), k
+        want = jax.export.deserialize(bytearray((bundle / serve.FUNCTIONS[k]).read_bytes()))
+        assert e.mlir_module_serialized == want.mlir_module_serialized, k
+    side = b.functions["model_side"](b.params, serve.Recommender(b).known_models().padded())
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(side))
+    # a changed byte: refused by default, loaded with check=False
+    changed = _edited_copy(bundle, tmp_path, "texts.json",
+                           lambda f: f.write_bytes(f.read_bytes().replace(b"e", b"E", 1)))  # fmt: skip
+    with pytest.raises(serve.BundleError, match=r"texts\.json: sha256 checksum mismatch"):
+        serve.Bundle.load(changed)
+    with pytest.raises(serve.BundleError, match=r"texts\.json: sha256 checksum mismatch"):
+        serve.Recommender.load(changed)
+    assert serve.Bundle.load(changed, check=False).texts == json.loads(
+        (changed / "texts.json").read_text()
+    )
+    for name, content, match in (
+        ("config.json", b"{oops", r"config\.json: unreadable"),
+        ("encoder.json", b"\xff\xfe", r"encoder\.json: unreadable"),
+        ("tables.safetensors", b"\x00" * 9, r"tables\.safetensors: unreadable safetensors"),
+        ("params.safetensors", b"", r"params\.safetensors: unreadable safetensors"),
+        ("score_pairs.jaxexport", b"not a flatbuffer", r"score_pairs\.jaxexport: cannot deserialize"),
+    ):  # fmt: skip
+        bad = _edited_copy(bundle, tmp_path, name, lambda f, c=content: f.write_bytes(c))
+        with pytest.raises(serve.BundleError, match=match):
+            serve.Bundle.load(bad, check=False)
+        shutil.rmtree(bad)
+    gone = _edited_copy(bundle, tmp_path, "vocab.json", lambda f: f.unlink())
+    with pytest.raises(serve.BundleError, match=r"vocab\.json: unreadable"):
+        serve.Bundle.load(gone, check=False)
 
 
 def test_export_refuses_bad_inputs(tmp_path, capsys) -> None:

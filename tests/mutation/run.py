@@ -31,6 +31,11 @@ so the whole set takes many hours on 2 cores. SCOPES keep the functions that com
 (losses, metrics, batch construction, split assignment, ingestion checks, checksums,
 schedule, dropout, bundle verification, serving filters) and skip message formatting via
 ``do_not_mutate_patterns`` (lines that only build an error or log message).
+
+The serving tests need an exported bundle (~35 s of training and export): the script points
+``MODELLENS_TEST_BUNDLE_CACHE`` at ``<workdir>-bundles/<commit>`` (a content hash without
+``--ref``); ``tests/test_export.py::bundle`` exports it there once, during mutmut's first test
+run, and each mutant's tests load a private copy.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -57,8 +63,8 @@ class Scope:
     functions: tuple[str, ...]  # function or Class.method names whose mutants are run
 
 
-L, M, T, OPT, S = (
-    f"tests/test_{m}.py::" for m in ("losses", "metrics", "train", "optim", "splits")
+L, M, T, OPT, S, X = (
+    f"tests/test_{m}.py::" for m in ("losses", "metrics", "train", "optim", "splits", "export")
 )
 SCOPES = (
     Scope("losses", "modellens_jax/losses.py",
@@ -66,25 +72,29 @@ SCOPES = (
            L + "test_fully_padded_batch_is_zero_with_finite_grads",
            L + "test_bpr_matches_reference", L + "test_bpr_sampled",
            L + "test_bpr_sampled_zgap_weights_are_capped", L + "test_bpr_equals_rax_pairwise_logistic",
-           L + "test_bad_options_raise"),
+           L + "test_bad_options_raise", L + "test_sums_and_counts_keep_the_scores_float_dtype_under_x64"),
           ("pointwise_loss", "bpr_loss")),
     Scope("metrics", "modellens_jax/metrics.py",
           (M + "test_group_metrics_match_reference", M + "test_ties_break_by_slot",
-           M + "test_padding_slots_change_nothing"),
+           M + "test_padding_slots_change_nothing", M + "test_hit_keeps_the_input_float_dtype_under_x64"),
           ("_hit",)),
     Scope("pipeline", "modellens_jax/data/pipeline.py",
           (T + "test_stream_deterministic", T + "test_long_groups_covered_each_epoch",
-           T + "test_epoch_order_depends_on_seed_and_epoch"),
+           T + "test_epoch_order_depends_on_seed_and_epoch",
+           T + "test_epoch_order_is_drawn_once_per_epoch_from_the_documented_stream"),
           ("TrainLists._epoch_perm",)),
     Scope("splits", "modellens_jax/data/splits.py",
           (S + "test_temporal_holdout_fractions_count_records",
            S + "test_temporal_holdout_without_dates_holds_out_nothing",
-           S + "test_temporal_holdout_exact_boundaries"),
+           S + "test_temporal_holdout_exact_boundaries",
+           S + "test_temporal_holdout_counts_float32_weights_in_float64",
+           S + "test_temporal_holdout_returns_int8_codes"),
           ("temporal_holdout",)),
     Scope("ingest", "modellens_jax/data/ingest.py",
           ("tests/test_ingest.py::test_bad_input_direct",
            "tests/test_ingest.py::test_bad_rows_skip_drops_and_counts",
-           "tests/test_ingest.py::test_float32_maximum_itself_is_accepted"),
+           "tests/test_ingest.py::test_float32_maximum_itself_is_accepted",
+           "tests/test_ingest.py::test_whole_number_columns_parse_as_float64"),
           ("_parse_float",)),
     Scope("checkpointing", "modellens_jax/checkpointing.py",
           (T + "test_checksum_sees_every_bit_of_every_element",
@@ -94,20 +104,31 @@ SCOPES = (
           (OPT + "test_cosine_schedule_matches_the_hand_computed_curve",
            OPT + "test_schedule_clamps_the_warm_up_below_the_run_length",
            OPT + "test_weight_decay_mask_by_parameter_path",
-           OPT + "test_dense_optimizer_clips_the_global_norm_by_default"),
+           OPT + "test_dense_optimizer_clips_the_global_norm_by_default",
+           OPT + "test_dense_adamw_is_adam_with_the_sparse_tables_constants"),
           ("schedule", "make_optimizer")),
     Scope("model", "modellens_jax/model.py",
-          ("tests/test_model.py::test_dropout_rescales_kept_units_by_one_over_keep",),
+          ("tests/test_model.py::test_dropout_rescales_kept_units_by_one_over_keep",
+           "tests/test_model.py::test_dropout_mask_does_not_depend_on_x64"),
           ("_dropout",)),
-    Scope("serve", "modellens_jax/serve.py", ("tests/test_export.py::test_bucket_sizes",),
-          ("bucket",)),
+    Scope("serve", "modellens_jax/serve.py",
+          (X + "test_bucket_sizes", X + "test_tampered_or_incomplete_bundle_is_refused",
+           X + "test_rank_filters_at_the_boundaries", X + "test_router_pools",
+           X + "test_task_pool_and_its_model_side_are_cached",
+           X + "test_verify_checks_the_manifest_and_every_listed_file",
+           X + "test_bundle_load_verifies_by_default_and_reads_every_part",
+           X + "test_check_query_refuses_exactly_the_impossible_queries",
+           X + "test_rank_results_follow_the_score_matrix", X + "test_rank_candidates_and_query_checks",
+           X + "test_rank_family_filter_is_case_insensitive",
+           X + "test_rank_ties_defaults_caching_and_the_query_text"),
+          ("bucket", "verify", "Bundle.load", "check_query", "Recommender.rank")),
 )  # fmt: skip
 # The full lists of what the issue names (run with --only NAME --functions ... when there is
 # time; each needs minutes to hours): losses bpr_loss/plackett_luce_loss/_sample_pairs,
 # metrics _weighted_tau_core/_ndcg/_recall, pipeline Featurize.map/pack_rows, splits assign/
 # stratified_holdout, ingest read_leaderboard checks, optim make_optimizer/_unique_rows, model
-# Scorer.size_features/model_prior, serve verify_bundle and Recommender.rank (the bundle fixture
-# alone costs ~30 s per mutant).
+# Scorer.size_features/model_prior, the rest of serve (the bundle fixture is exported once per
+# mutated commit into MODELLENS_TEST_BUNDLE_CACHE, so a serving mutant costs seconds).
 
 # Lines that only build messages: mutating their text is not a behaviour change a test should
 # pin (regexes over source lines, mutmut's do_not_mutate_patterns).
@@ -176,6 +197,21 @@ def _prepare(scopes: list[Scope], d: Path, ref: str | None) -> Path:
     return d
 
 
+def _bundle_cache(d: Path, ref: str | None, workdir: str) -> Path:
+    """Where the serving tests keep the bundle they export once (``MODELLENS_TEST_BUNDLE_CACHE``,
+    see ``tests/test_export.py::bundle``): one directory per mutated commit (per content hash of
+    the copied tree without ``--ref``), next to the scratch directory, so reruns reuse it."""
+    if ref:
+        key = subprocess.run(["git", "-C", str(ROOT), "rev-parse", f"{ref}^{{commit}}"],
+                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    else:
+        h = hashlib.sha256()
+        for f in sorted(x for x in d.rglob("*") if x.is_file() and x.name != "setup.cfg"):
+            h.update(str(f.relative_to(d)).encode() + b"\0" + f.read_bytes())
+        key = "tree-" + h.hexdigest()[:16]
+    return Path(workdir + "-bundles") / key
+
+
 def _classify(d: Path, scope: Scope, all_functions: bool) -> dict:
     meta = d / "mutants" / (scope.module + ".meta")
     data = json.loads(meta.read_text()) if meta.is_file() else {}
@@ -223,11 +259,14 @@ def main(argv=None) -> int:
     globs = (
         [] if args.all_functions else [_mangled(s.module, f) for s in scopes for f in s.functions]
     )
+    cache = _bundle_cache(d, args.ref, args.workdir)
+    cache.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MODELLENS_TEST_BUNDLE_CACHE": str(cache)}
     t0 = time.time()
-    print(f"mutmut run in {d} (log: {d / 'mutmut.log'})", flush=True)
+    print(f"mutmut run in {d} (log: {d / 'mutmut.log'}; bundle cache {cache})", flush=True)
     with open(d / "mutmut.log", "w") as f:
         rc = subprocess.call(["mutmut", "run", "--max-children", "1", *globs], cwd=d, stdout=f,
-                             stderr=subprocess.STDOUT)  # fmt: skip
+                             stderr=subprocess.STDOUT, env=env)  # fmt: skip
     results = {}
     for s in scopes:
         r = results[s.name] = _classify(d, s, args.all_functions)
