@@ -47,6 +47,9 @@ COLORS = ("family", "modality", "task")
 ANCHORS = 512  # anchor models of the datasets' score profiles
 CHUNK = 64  # datasets scored per call
 WEB_DIR = Path(__file__).resolve().parent / "web"
+# the page's palette (web/atlas.js): the 12 most frequent values get a colour, the rest grey
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#17becf", "#bcbd22", "#393b79", "#637939", "#843c39")  # fmt: skip
 
 
 def bundle_fingerprint(rec: Recommender) -> str:
@@ -335,7 +338,9 @@ def static_html(doc: dict[str, Any]) -> str:
     )
 
 
-def palette_index(values: Sequence[int], n_colors: int = 12) -> tuple[np.ndarray, list[int]]:
+def palette_index(
+    values: Sequence[int], n_colors: int = len(PALETTE)
+) -> tuple[np.ndarray, list[int]]:
     """Per value its colour slot (the ``n_colors`` most frequent values, ``n_colors`` = other)
     and the values holding the slots, most frequent first."""
     vals = np.asarray(values, np.int64)
@@ -355,7 +360,6 @@ def static_png(doc: dict[str, Any], out: str | os.PathLike, color: str = "family
     if color not in COLORS:
         raise InputError(f"--color={color!r}: expected one of {', '.join(COLORS)}")
     fig, axes = plt.subplots(2, 2, figsize=(14, 12))
-    cmap = plt.get_cmap("tab20")
     for row, kind in enumerate(("models", "datasets")):
         d = doc[kind]
         key = color if color in d else "modality"  # models carry no task
@@ -363,7 +367,7 @@ def static_png(doc: dict[str, Any], out: str | os.PathLike, color: str = "family
             "families" if key == "family" else "modalities" if key == "modality" else "tasks"
         ]
         slots, top = palette_index(d[key])
-        colours = [cmap(s) if s < len(top) else (0.75, 0.75, 0.75, 0.6) for s in slots]
+        colours = [PALETTE[s] if s < len(top) else (0.6, 0.6, 0.6, 0.45) for s in slots]
         for col, space in enumerate(("learned", "semantic")):
             ax = axes[row][col]
             xy = d[space]
@@ -378,7 +382,7 @@ def static_png(doc: dict[str, Any], out: str | os.PathLike, color: str = "family
             a = np.asarray(xy)
             ax.scatter(a[:, 0], a[:, 1], s=3, c=colours, linewidths=0)
         handles = [
-            plt.Line2D([], [], marker="o", ls="", color=cmap(i), label=names[x][:28])
+            plt.Line2D([], [], marker="o", ls="", color=PALETTE[i], label=names[x][:28])
             for i, x in enumerate(top)
         ]
         axes[row][1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),

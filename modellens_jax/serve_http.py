@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import difflib
 import hashlib
 import json
 import logging
@@ -151,9 +152,14 @@ def validation_line(exc: RequestValidationError) -> tuple[int, str, str | None]:
         return 422, "body: expected a JSON object", None
     field = ".".join(loc) or None
     if kind == "extra_forbidden":
-        return 422, f"{field}: unknown field", field
+        near = difflib.get_close_matches(loc[-1], _FIELDS, n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        return 422, f"{field}: unknown field{hint}", field
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
     return 422, f"{field}: {e.get('msg', 'invalid')}{more}", field
+
+
+_FIELDS = sorted({*RecommendRequest.model_fields, *ScoreRequest.model_fields, *Pair.model_fields})
 
 
 class BodyLimit:

@@ -119,6 +119,8 @@ def test_bad_requests_get_one_line(trained, client, query, capsys) -> None:
     assert err(post(b""), 422)["detail"] == "body: empty; expected a JSON object"
     unknown = err(client.post("/recommend", json={**query, "colour": "red"}), 422)
     assert unknown == {"detail": "colour: unknown field", "field": "colour"}
+    typo = err(client.post("/recommend", json={**query, "top-k": 3}), 422)
+    assert typo == {"detail": "top-k: unknown field (did you mean 'top_k'?)", "field": "top-k"}
     typed = err(client.post("/recommend", json={**query, "top_k": "many"}), 422)
     assert typed["field"] == "top_k" and typed["detail"].startswith("top_k: Input should be")
     too_big = err(post(b" " * (10 * 1000 * 1000)), 413)

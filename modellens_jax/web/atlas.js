@@ -7,6 +7,7 @@ const ModelLensAtlas = (function () {
     '#17becf', '#bcbd22', '#393b79', '#637939', '#843c39'];
   const OTHER = 'rgba(150,150,150,0.45)';
   const SPACES = [['learned', "Learned: the scorer's representation"], ['semantic', 'Semantic only: description embeddings']];
+  const fmtB = (b) => `${Number(Number(b).toPrecision(3))}B`;
   const el = (tag, attrs = {}, ...kids) => {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs)) {
@@ -37,8 +38,8 @@ const ModelLensAtlas = (function () {
     nearest(sx, sy, radius = 9) {
       const xy = this.xy; if (!xy) return -1;
       let best = -1, bd = radius * radius;
-      const pref = this.atlas.found; // a searched node wins ties (points can coincide)
-      if (pref >= 0) { const [px, py] = this.toScreen(xy[pref][0], xy[pref][1]); const d = (px - sx) ** 2 + (py - sy) ** 2; if (d <= bd) { best = pref; bd = d; } }
+      const pref = this.atlas.found; // a click on the searched node opens it (points can coincide)
+      if (pref >= 0) { const [px, py] = this.toScreen(xy[pref][0], xy[pref][1]); if ((px - sx) ** 2 + (py - sy) ** 2 <= 16) return pref; }
       for (let i = 0; i < xy.length; i++) {
         const [px, py] = this.toScreen(xy[i][0], xy[i][1]);
         const d = (px - sx) ** 2 + (py - sy) ** 2;
@@ -83,7 +84,7 @@ const ModelLensAtlas = (function () {
       const { w, h } = this.size();
       c.width = Math.round(w * dpr); c.height = Math.round(h * dpr);
       const g = c.getContext('2d'); g.setTransform(dpr, 0, 0, dpr, 0, 0); g.clearRect(0, 0, w, h);
-      this.empty.hidden = !!xy;
+      this.empty.hidden = !!xy; this.tip.hidden = true;
       if (!xy) return;
       const slots = this.atlas.slots; const r = Math.min(5, 1.6 + Math.log2(this.k) * 0.6);
       for (const pass of [0, 1]) { // the "other" colour first, coloured points on top
@@ -102,7 +103,7 @@ const ModelLensAtlas = (function () {
         g.font = '12px system-ui, sans-serif'; g.fillStyle = '#1d2330';
         g.fillText(this.atlas.names[i], x + ring + 3, y - ring);
       };
-      mark(this.atlas.found, '#b3261e', 10);
+      if (this.atlas.found !== this.atlas.selected) mark(this.atlas.found, '#b3261e', 10);
       mark(this.atlas.selected, '#111', 7);
     }
   }
@@ -140,7 +141,7 @@ const ModelLensAtlas = (function () {
     setKind(k) {
       this.kind = k; this.selected = -1; this.found = -1;
       for (const b of this.kindButtons) b.setAttribute('aria-pressed', String(b.dataset.kind === k));
-      const opts = k === 'models' ? ['family', 'modality'] : ['task', 'modality'];
+      const opts = k === 'models' ? ['modality', 'family'] : ['task', 'modality'];
       this.colorSelect.replaceChildren(...opts.map((o) => el('option', { value: o, text: o })));
       this.color = opts[0]; this.search.placeholder = k === 'models' ? 'find a model…' : 'find a dataset…';
       this.search.value = ''; this.names_dl.replaceChildren();
@@ -164,7 +165,7 @@ const ModelLensAtlas = (function () {
     redraw() { for (const p of this.panels) p.draw(); }
     label(i) {
       const d = this.data[this.kind];
-      if (this.kind === 'models') return `${d.name[i]} · ${this.data.families[d.family[i]] || '?'}${d.params[i] != null ? ` · ${d.params[i]}B` : ''}`;
+      if (this.kind === 'models') return `${d.name[i]} · ${this.data.families[d.family[i]] || '?'}${d.params[i] != null ? ` · ${fmtB(d.params[i])}` : ''}`;
       return `${d.name[i]} · ${this.data.tasks[d.task[i]] || '?'}`;
     }
     suggest() {
@@ -200,7 +201,7 @@ const ModelLensAtlas = (function () {
       const head = [el('h2', { text: d.name[i] })];
       const facts = [];
       if (this.kind === 'models') {
-        facts.push(`family ${this.data.families[d.family[i]] || 'unknown'}`, d.params[i] != null ? `${d.params[i]}B parameters` : 'size unknown',
+        facts.push(`family ${this.data.families[d.family[i]] || 'unknown'}`, d.params[i] != null ? `${fmtB(d.params[i])} parameters` : 'size unknown',
           `modality ${this.data.modalities[d.modality[i]] || 'unknown'}`, d.learned_id[i] ? 'learned ID' : 'no learned ID ([UNK])');
       } else {
         facts.push(`task ${this.data.tasks[d.task[i]] || 'unknown'}`, `modality ${this.data.modalities[d.modality[i]] || 'unknown'}`, d.learned_id[i] ? 'learned ID' : 'no learned ID ([UNK])');
@@ -215,7 +216,7 @@ const ModelLensAtlas = (function () {
         return el('li', {}, b, extra);
       }));
       const title = this.kind === 'models'
-        ? `Best datasets (where it ranks highest within the dataset's task pool; top ${this.data.top_k})`
+        ? `Best datasets (where it ranks highest within the dataset's task pool; up to ${this.data.top_k})`
         : `Top ${this.data.top_k} models (the task's pool, metric unknown)`;
       const kids = [...head, el('h3', { class: 'muted', text: title }), top.length ? list : el('p', { class: 'muted', text: 'none: no records on any task of this bundle' })];
       if (this.kind === 'datasets' && this.opts.onRankDataset) {
