@@ -127,18 +127,23 @@ def anchor_rows(rec: Recommender, n: int = ANCHORS) -> np.ndarray:
     return np.sort(order[:n])
 
 
-def _contexts(rec: Recommender, rows: Sequence[int]):
-    v = rec.bundle.vocab
-    return rec.contexts(
+def _scores(rec: Recommender, pool: Any, rows: Sequence[int]) -> np.ndarray:
+    """``[len(rows), len(pool)]`` scores of the pool for known datasets ``rows`` (each with its
+    task, metric unknown). The queries are padded to ``CHUNK`` rows (repeating the last), so
+    every call of one pool has one shape and compiles once."""
+    v, rows = rec.bundle.vocab, list(rows)
+    padded = rows + rows[-1:] * (CHUNK - len(rows))
+    ctx = rec.contexts(
         [
             {
                 "dataset": v["datasets"][r],
                 "task": v["tasks"][int(rec.dataset_task[r])] if rec.dataset_task[r] else None,
                 "metric": None,
             }
-            for r in rows
+            for r in padded
         ]
     )
+    return rec.score_matrix(pool, ctx)["score"][: len(rows)]
 
 
 def dataset_profiles(rec: Recommender, anchors: np.ndarray) -> np.ndarray:
@@ -148,7 +153,7 @@ def dataset_profiles(rec: Recommender, anchors: np.ndarray) -> np.ndarray:
     out = np.zeros((n, len(anchors)), np.float32)
     for a in range(0, n, CHUNK):
         rows = range(a, min(n, a + CHUNK))
-        out[a : a + len(rows)] = rec.score_matrix(pool, _contexts(rec, rows))["score"]
+        out[a : a + len(rows)] = _scores(rec, pool, rows)
     out -= out.mean(1, keepdims=True)
     out /= np.maximum(out.std(1, keepdims=True), 1e-6)
     return out
@@ -168,10 +173,12 @@ def counterparts(rec: Recommender, top_k: int) -> tuple[list[list], list[list]]:
         rows = rec.task_models[t]
         if not len(rows):
             continue
-        pool = rec.known_subset(rows)
+        # pad the pool to a power of two (repeating its last model): fewer shapes to compile
+        size = max(64, 1 << (len(rows) - 1).bit_length())
+        pool = rec.known_subset(np.concatenate([rows, np.repeat(rows[-1:], size - len(rows))]))
         for a in range(0, len(dsets), CHUNK):
             chunk = dsets[a : a + CHUNK]
-            score = rec.score_matrix(pool, _contexts(rec, chunk))["score"]
+            score = _scores(rec, pool, chunk)[:, : len(rows)]
             order = np.argsort(-score, axis=1, kind="stable")
             rank = np.empty_like(order)
             np.put_along_axis(rank, order, np.arange(1, order.shape[1] + 1)[None], axis=1)

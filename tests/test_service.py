@@ -21,17 +21,20 @@ from fastapi.testclient import TestClient
 
 from modellens_jax import atlas, loadtest, recommend, serve_http
 
-# test_export's fixtures: a 2-step trained bundle (the shipped corpus compiled with `tiny`)
-compiled_corpus, trained = test_export.compiled_corpus, test_export.trained
+# test_export's fixtures: the bundle of a 2-step run on the shipped corpus compiled with `tiny`
+# (a copy of it under MODELLENS_TEST_BUNDLE_CACHE when the mutation runner sets that)
+compiled_corpus, trained, bundle = (
+    test_export.compiled_corpus,
+    test_export.trained,
+    test_export.bundle,
+)
 ARTIFACTS = Path(os.environ.get("MODELLENS_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 
 
 @pytest.fixture(scope="module")
-def service(trained, tmp_path_factory) -> serve_http.Service:
+def service(bundle, tmp_path_factory) -> serve_http.Service:
     cache = tmp_path_factory.mktemp("atlas-cache")
-    svc = serve_http.Service(
-        trained["bundle"], atlas="background", atlas_method="pca", atlas_cache=cache
-    )
+    svc = serve_http.Service(bundle, atlas="background", atlas_method="pca", atlas_cache=cache)
     svc._atlas_thread.join(120)
     assert svc.atlas_status == "ready", svc.atlas_error
     return svc
@@ -57,8 +60,8 @@ def cli(args: list[str], tmp_path: Path) -> str:
     return out.read_text().rstrip("\n")
 
 
-def test_recommend_answers_what_the_cli_prints(trained, client, query, tmp_path) -> None:
-    b = f"--bundle={trained['bundle']}"
+def test_recommend_answers_what_the_cli_prints(bundle, client, query, tmp_path) -> None:
+    b = f"--bundle={bundle}"
     q = [f"--task={query['task']}", f"--metric={query['metric']}", f"--dataset={query['dataset']}"]
     body = {**query, "top_k": 5}
     for fmt in recommend.FORMATS:
@@ -76,7 +79,7 @@ def test_recommend_answers_what_the_cli_prints(trained, client, query, tmp_path)
     assert r.text == want
 
 
-def test_uploaded_candidates_rank_as_the_cli(trained, client, query, service, tmp_path) -> None:
+def test_uploaded_candidates_rank_as_the_cli(bundle, client, query, service, tmp_path) -> None:
     v = service.rec.bundle.vocab
     text = (
         "model,family,params,model_desp\n"
@@ -89,7 +92,7 @@ def test_uploaded_candidates_rank_as_the_cli(trained, client, query, service, tm
     body = {"task": query["task"], "dataset": query["dataset"], "candidates_csv": text}
     r = client.post("/recommend", json=body)
     assert r.status_code == 200, r.text
-    want = cli([f"--bundle={trained['bundle']}", f"--task={query['task']}",
+    want = cli([f"--bundle={bundle}", f"--task={query['task']}",
                 f"--dataset={query['dataset']}", f"--candidates={path}", "--json"], tmp_path)  # fmt: skip
     assert r.json()["results"] == json.loads(want)["results"]
     assert len(service.pools) == 1  # featurised once, kept with its model side
@@ -104,7 +107,7 @@ def test_uploaded_candidates_rank_as_the_cli(trained, client, query, service, tm
     }
 
 
-def test_bad_requests_get_one_line(trained, client, query, capsys) -> None:
+def test_bad_requests_get_one_line(bundle, client, query, capsys) -> None:
     def err(r, status: int) -> dict:
         assert r.status_code == status, r.text
         body = r.json()
@@ -139,7 +142,7 @@ def test_bad_requests_get_one_line(trained, client, query, capsys) -> None:
     ):
         r = err(client.post("/recommend", json={**query, "dataset_desc": "d", field: value}), 422)
         assert r["field"] == field
-        argv = [f"--bundle={trained['bundle']}", "--dataset-desc=d", f"--task={query['task']}",
+        argv = [f"--bundle={bundle}", "--dataset-desc=d", f"--task={query['task']}",
                 f"--dataset={query['dataset']}", f"--metric={query['metric']}", f"{flag}={value}"]  # fmt: skip
         capsys.readouterr()
         assert recommend.main(argv) == 2
@@ -224,8 +227,8 @@ def test_projection_is_deterministic() -> None:
     assert atlas.project(np.zeros((1, 3)), "tsne").shape == (1, 2)
 
 
-def test_atlas_cli_exports(trained, service, tmp_path, capsys) -> None:
-    b, cache = f"--bundle={trained['bundle']}", f"--cache-dir={service.atlas_cache}"
+def test_atlas_cli_exports(bundle, service, tmp_path, capsys) -> None:
+    b, cache = f"--bundle={bundle}", f"--cache-dir={service.atlas_cache}"
     for name in ("atlas.png", "atlas.html", "atlas.json"):
         assert atlas.main([b, cache, "--method=pca", f"--out={tmp_path / name}"]) == 0
     assert (tmp_path / "atlas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -269,7 +272,7 @@ def test_keeps_serving_under_100_concurrent_bad_requests(server, query) -> None:
     assert loadtest.request(conn, "POST", "/recommend", good)[0] == 200
 
 
-def _chrome():
+def _chrome(downloads: Path):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
@@ -283,24 +286,27 @@ def _chrome():
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--window-size=1500,1000", "--force-device-scale-factor=1"):  # fmt: skip
         opts.add_argument(a)
+    opts.add_experimental_option("prefs", {"download.default_directory": str(downloads)})
     try:
         return webdriver.Chrome(options=opts, service=DriverService(driver))
     except Exception as e:  # a browser that cannot start here (no display libraries, ...)
         pytest.skip(f"headless Chromium did not start: {type(e).__name__}: {e}"[:300])
 
 
-def test_page_and_atlas_in_headless_chromium(server, trained, service, query, tmp_path) -> None:
+def test_page_and_atlas_in_headless_chromium(server, bundle, service, query, tmp_path) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     desc = "Photographs of 200 bird species, fine-grained classification."
-    want = json.loads(cli([f"--bundle={trained['bundle']}", f"--task={query['task']}",
-                           f"--metric={query['metric']}", f"--dataset={query['dataset']}",
-                           f"--dataset-desc={desc}", "--json"], tmp_path))["results"]  # fmt: skip
+    argv = [f"--bundle={bundle}", f"--task={query['task']}", f"--metric={query['metric']}",
+            f"--dataset={query['dataset']}", f"--dataset-desc={desc}"]  # fmt: skip
+    want = json.loads(cli([*argv, "--json"], tmp_path))["results"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    drv = _chrome()
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    drv = _chrome(downloads)
     wait = WebDriverWait(drv, 60)
     try:
         drv.get(server + "/")
@@ -317,6 +323,26 @@ def test_page_and_atlas_in_headless_chromium(server, trained, service, query, tm
         assert first[2].text == f"{want[0]['score']:.4f}"
         assert drv.find_element(By.ID, "error").text == ""
         drv.save_screenshot(str(ARTIFACTS / "page.png"))
+        # the router pool, downloaded: what the CLI writes with --format=routellm
+        drv.find_element(By.CSS_SELECTOR, "button.dl[data-format='routellm']").click()
+        got = downloads / "routellm_config.json"
+        wait.until(lambda d: got.is_file() and got.stat().st_size)
+        assert got.read_text().rstrip("\n") == cli(
+            [*argv, "--format=routellm", "--top-k=10"], tmp_path
+        )
+        # an uploaded candidate file ranks as the CLI's --candidates
+        models = tmp_path / "candidates.csv"
+        models.write_text("model,family,params\nacme/new-9b,acme,9\n" + "".join(
+            f"{r['model']},,\n" for r in want[:3]))  # fmt: skip
+        drv.find_element(By.CSS_SELECTOR, "details.filters summary").click()
+        drv.find_element(By.ID, "candidates_file").send_keys(str(models))
+        wait.until(lambda d: d.find_element(By.ID, "candidates_info").text)
+        drv.find_element(By.ID, "rank").click()
+        cand = json.loads(cli([*argv, f"--candidates={models}", "--json"], tmp_path))["results"]
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == 4)
+        cells = drv.find_elements(By.CSS_SELECTOR, "#results tbody td.model")
+        assert [c.text for c in cells] == [r["model"] for r in cand]
+        drv.find_element(By.ID, "candidates_clear").click()
         # an unknown task: the service's one line, shown as is
         drv.find_element(By.ID, "task").clear()
         drv.find_element(By.ID, "task").send_keys("zz-unheard")
