@@ -415,7 +415,18 @@ def create_app(service: Service) -> FastAPI:
 
     from starlette.concurrency import run_in_threadpool
 
-    @app.post("/recommend", responses={400: err, 413: err, 415: err, 422: err, 503: err})
+    cli_output = {
+        "description": "what `python -m modellens_jax.recommend` prints: JSON for format "
+        "json (query + results), routellm (controller config) and llmrouter (llm_data); "
+        "text for table",
+        "content": {"application/json": {"schema": {"type": "object"}},
+                    "text/plain": {"schema": {"type": "string"}}},
+    }  # fmt: skip
+
+    @app.post(
+        "/recommend",
+        responses={200: cli_output, 400: err, 413: err, 415: err, 422: err, 503: err},
+    )
     async def post_recommend(q: RecommendRequest) -> Response:
         """Ranks the query's pool (or the uploaded candidates): the CLI's output, as JSON
         (``format`` json/routellm/llmrouter) or text (table)."""

@@ -177,6 +177,8 @@ def test_score_vocab_health_openapi(client, service, query) -> None:
     spec = client.get("/openapi.json").json()
     assert {"/recommend", "/score", "/vocab", "/healthz", "/atlas"} <= set(spec["paths"])
     assert "RecommendRequest" in spec["components"]["schemas"]
+    assert set(spec["paths"]["/recommend"]["post"]["responses"]["200"]["content"]) == {
+        "application/json", "text/plain"}  # fmt: skip
     page = client.get("/")
     assert page.status_code == 200 and "static/app.js" in page.text
     assert "http" not in client.get("/static/atlas.js").text.replace("HTTP ", "")  # no CDN
