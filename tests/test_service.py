@@ -224,8 +224,8 @@ def test_projection_is_deterministic() -> None:
         a, b = atlas.project(x, method), atlas.project(x, method)
         np.testing.assert_array_equal(a, b)
         assert a.shape == (60, 2) and np.abs(a).max() <= 1.0
-        left = a[:30, 0].mean() < a[30:, 0].mean()
-        assert np.all((a[:30, 0] < a[30:, 0].min()) if left else (a[:30, 0] > a[30:, 0].max()))
+        d = np.linalg.norm(a[:, None] - a[None], axis=-1) + np.diag(np.full(60, np.inf))
+        assert np.all((d.argmin(1) < 30) == (np.arange(60) < 30))  # neighbours stay together
     assert atlas.project(np.zeros((1, 3)), "tsne").shape == (1, 2)
 
 
@@ -345,6 +345,15 @@ def test_page_and_atlas_in_headless_chromium(server, bundle, service, query, tmp
         cells = drv.find_elements(By.CSS_SELECTOR, "#results tbody td.model")
         assert [c.text for c in cells] == [r["model"] for r in cand]
         drv.find_element(By.ID, "candidates_clear").click()
+        # results that carry a confidence (a future ensemble bundle) get a column for it
+        heads = lambda: [h.text for h in drv.find_elements(By.CSS_SELECTOR, "#results th")]  # noqa: E731
+        assert "confidence" not in heads()
+        drv.execute_script(
+            "ModelLensPage.render({results: arguments[0].map((r) => ({...r, confidence: 0.9}))})",
+            want,
+        )
+        assert heads()[3] == "confidence"
+        assert drv.find_elements(By.CSS_SELECTOR, "#results tbody td")[3].text == "0.900"
         # an unknown task: the service's one line, shown as is
         drv.find_element(By.ID, "task").clear()
         drv.find_element(By.ID, "task").send_keys("zz-unheard")

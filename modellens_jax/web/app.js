@@ -176,5 +176,6 @@
     }
   }
 
+  window.ModelLensPage = { render }; // for tests: render a /recommend document
   init();
 })();
