@@ -2,11 +2,11 @@
 
 Usage (from the repository root, inside the venv; not part of CI)::
 
-    nice -n 10 python tests/mutation/run.py                 # the scoped run (see SCOPES)
-    nice -n 10 python tests/mutation/run.py --ref HEAD      # ... of the last commit
-    nice -n 10 python tests/mutation/run.py --only optim    # one scope
+    nice -n 19 python tests/mutation/run.py                 # the scoped run (see SCOPES)
+    nice -n 19 python tests/mutation/run.py --ref HEAD      # ... of the last commit
+    nice -n 19 python tests/mutation/run.py --only optim    # one scope
     python tests/mutation/run.py --list                     # what each scope mutates and runs
-    nice -n 10 python tests/mutation/run.py --all-functions # every function of each module
+    nice -n 19 python tests/mutation/run.py --all-functions # every function of each module
                                                             # (many hours on 2 cores)
 
 Each scope copies the working tree into its own scratch directory (``--workdir``, default
