@@ -485,7 +485,6 @@ def test_float32_maximum_itself_is_accepted():
     assert np.isfinite(got[:2].astype(np.float32)).all()
 
 
-
 def test_whole_number_columns_parse_as_float64():
     """Kills data.ingest.x__parse_float__mutmut_6 (``to_numpy(None)``): a column of whole
     numbers only (``params`` of 1, 7 and 70 billion) would come back int64. Parsed values are
@@ -495,6 +494,7 @@ def test_whole_number_columns_parse_as_float64():
                                   bad_rows="error", report={})  # fmt: skip
         assert got.dtype == np.float64, col
         np.testing.assert_array_equal(got, [float(x) for x in col])
+
 
 def test_nonexistent_source(tmp_path):
     out = tmp_path / "out"

@@ -592,7 +592,6 @@ def test_epoch_order_depends_on_seed_and_epoch(tables):
     np.testing.assert_array_equal(a._epoch_perm(0), p0)
 
 
-
 def test_epoch_order_is_drawn_once_per_epoch_from_the_documented_stream(tables, monkeypatch):
     """Kills data.pipeline.xǁTrainListsǁ_epoch_perm__mutmut_1 / _2 / _13 / _15 (the cache of
     epoch orders bypassed, missed, filled with None, emptied: every record read would redraw
@@ -613,6 +612,7 @@ def test_epoch_order_is_drawn_once_per_epoch_from_the_documented_stream(tables, 
         np.testing.assert_array_equal(src._epoch_perm(e), want)
     assert [k for k in draws if k[1] == 1] == [(5, 1, e) for e in range(10)]
     assert sorted(src._perms) == [7, 8, 9]
+
 
 def test_stream_deterministic(tables):
     def first(seed, n=8):
