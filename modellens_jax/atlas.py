@@ -46,6 +46,7 @@ METHODS = ("tsne", "pca")
 COLORS = ("family", "modality", "task")
 ANCHORS = 512  # anchor models of the datasets' score profiles
 CHUNK = 64  # datasets scored per call
+SMALL_MAP = 2000  # t-SNE of fewer points runs single-threaded
 WEB_DIR = Path(__file__).resolve().parent / "web"
 # the page's palette (web/atlas.js): the 12 most frequent values get a colour, the rest grey
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -86,18 +87,23 @@ def project(x: np.ndarray, method: str = "tsne", *, seed: int = 0) -> np.ndarray
     else:
         try:
             from sklearn.manifold import TSNE
+            from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
         except ImportError as e:
             raise InputError(
                 "--method=tsne needs scikit-learn (pip install 'modellens-jax[serve]'); "
                 "or use --method=pca"
             ) from e
-        y = TSNE(
+        tsne = TSNE(
             n_components=2,
             perplexity=float(min(30.0, (n - 1) / 3)),
             init="pca",
             random_state=seed,
             learning_rate="auto",
-        ).fit_transform(pcs.astype(np.float32))
+        )
+        # Small maps on one OpenMP thread: on a busy machine (or beside XLA's threads) the
+        # threaded gradient spins for seconds on what one thread does in 0.2 s.
+        with threadpool_limits(1 if n < SMALL_MAP else None, user_api="openmp"):
+            y = tsne.fit_transform(pcs.astype(np.float32))
     y = y - y.mean(0, keepdims=True)
     scale = np.abs(y).max() or 1.0
     return (y / scale).astype(np.float32)

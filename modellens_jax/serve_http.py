@@ -229,6 +229,7 @@ class Service:
         atlas_cache: str | Path | None = None,
         atlas_file: str | Path | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        warmup: bool = True,
     ):
         t0 = time.perf_counter()
         self.rec = Recommender.load(bundle)  # verifies every file's sha256, once
@@ -262,6 +263,35 @@ class Service:
             "features": self.rec.features,
             "max_body_bytes": self.max_body_bytes,
         }
+        self.warm: bool | None = None  # None: no warm-up; False: warming up; True: done
+        self.warm_note = ""
+        if warmup:
+            self.warm = False
+            threading.Thread(target=self.warm_up, name="warm-up", daemon=True).start()
+
+    def warm_up(self) -> None:
+        """Compiles the common query shapes and loads the text encoder (when the bundle embeds
+        new descriptions) before the first request needs them; holds the model lock, so
+        queries arriving meanwhile wait instead of compiling alongside."""
+        t0 = time.perf_counter()
+        v, notes = self.rec.bundle.vocab, []
+        known = [(d, t) for d, t in zip(v["datasets"], self.vocab["dataset_tasks"]) if t]
+        with self.lock:
+            try:
+                if known:
+                    for pool in ("task", "all"):
+                        self.rec.rank(dataset=known[0][0], task=known[0][1], pool=pool)
+                if known and self.rec.features.get("dataset_desc"):
+                    try:
+                        self.rec.rank("warm-up description", known[0][1])
+                    except BundleError as e:  # served, but new descriptions get 503
+                        notes.append(f"new descriptions cannot be embedded here: {e}")
+                        log.warning("warm-up: %s", notes[-1])
+            except Exception as e:  # never stops the service; the request will say what is wrong
+                notes.append(f"{type(e).__name__}: {e}")
+                log.exception("warm-up failed")
+        self.warm_note = "; ".join(notes) or f"done in {time.perf_counter() - t0:.1f} s"
+        self.warm = True
 
     # atlas ------------------------------------------------------------------------------------
     def _set_atlas(self, doc: dict[str, Any]) -> None:
@@ -374,6 +404,8 @@ class Service:
             "models": len(self.rec.model_index),
             "datasets": len(self.rec.dataset_index),
             "atlas": self.atlas_status,
+            "warm": self.warm,
+            "warm_up": self.warm_note,
         }
 
 
@@ -487,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--atlas-file", default=None, help="serve this atlas (python -m "
                     "modellens_jax.atlas --out=F.json)")  # fmt: skip
     ap.add_argument("--no-access-log", action="store_true")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="do not compile the common shapes / load the encoder at start")  # fmt: skip
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not 1024 <= args.max_body_bytes <= 1 << 30:
@@ -498,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.bundle, atlas=args.atlas, atlas_method=args.atlas_method,
             atlas_top_k=args.atlas_top_k, atlas_cache=args.atlas_cache,
             atlas_file=args.atlas_file, max_body_bytes=args.max_body_bytes,
+            warmup=not args.no_warmup,
         )  # fmt: skip
     except (BundleError, InputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -173,6 +173,7 @@ def test_score_vocab_health_openapi(client, service, query) -> None:
     assert query["task"] in voc["tasks"] and len(voc["datasets"]) == len(voc["dataset_tasks"])
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["atlas"] == "ready"
+    assert health["warm"] in (False, True)
     assert health["files_verified"] == len(service.rec.bundle.manifest["files"])
     spec = client.get("/openapi.json").json()
     assert {"/recommend", "/score", "/vocab", "/healthz", "/atlas"} <= set(spec["paths"])
