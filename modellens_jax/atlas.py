@@ -179,12 +179,12 @@ def counterparts(rec: Recommender, top_k: int) -> tuple[list[list], list[list]]:
         rows = rec.task_models[t]
         if not len(rows):
             continue
-        # pad the pool to a power of two (repeating its last model): fewer shapes to compile
-        size = max(64, 1 << (len(rows) - 1).bit_length())
-        pool = rec.known_subset(np.concatenate([rows, np.repeat(rows[-1:], size - len(rows))]))
+        # exactly the pool rank() scores (not padded: features relative to the other
+        # candidates would change with it), so the top-K is rank()'s
+        pool = rec.known_subset(rows)
         for a in range(0, len(dsets), CHUNK):
             chunk = dsets[a : a + CHUNK]
-            score = _scores(rec, pool, chunk)[:, : len(rows)]
+            score = _scores(rec, pool, chunk)
             order = np.argsort(-score, axis=1, kind="stable")
             rank = np.empty_like(order)
             np.put_along_axis(rank, order, np.arange(1, order.shape[1] + 1)[None], axis=1)

@@ -70,7 +70,7 @@ def test_recommend_answers_what_the_cli_prints(bundle, client, query, tmp_path) 
         assert r.text == cli([b, *q, "--top-k=5", f"--format={fmt}"], tmp_path)
     doc = client.post("/recommend", json=body).json()  # json is the default format
     assert [x["rank"] for x in doc["results"]] == [1, 2, 3, 4, 5]
-    assert {"prior", "cold", "residual", "score", "pool", "unknown"} <= set(doc["results"][0])
+    assert {"prior", "residual", "score", "pool", "unknown"} <= set(doc["results"][0])
     # pools and filters as the CLI's flags
     r = client.post("/recommend", json={**body, "pool": "all", "top_k": 0, "max_params": 1.5,
                                         "families": "vit,resnet"})  # fmt: skip

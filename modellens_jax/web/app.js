@@ -46,11 +46,11 @@
 
   function fmt(x, digits = 4) { return x === null || x === undefined ? '' : Number(x).toFixed(digits); }
 
-  function bar(r, scale) {
+  function bar(r, scale, parts) {
     const div = document.createElement('div');
     div.className = 'bar';
-    div.title = COMPONENTS.map((c) => `${c} ${fmt(r[c])}`).join('  ');
-    for (const c of COMPONENTS) {
+    div.title = parts.map((c) => `${c} ${fmt(r[c])}`).join('  ');
+    for (const c of parts) {
       const s = document.createElement('span');
       s.className = c + (r[c] < 0 ? ' neg' : '');
       s.style.width = `${(100 * Math.abs(r[c] || 0)) / scale}%`;
@@ -61,12 +61,15 @@
 
   function render(doc) {
     const rows = doc.results || [];
+    // the score's parts this bundle reports (prior + cold + residual today)
+    const parts = COMPONENTS.filter((c) => rows.some((r) => r[c] !== undefined));
+    document.querySelectorAll('.legend-line [data-part]').forEach((el) => { el.hidden = !parts.includes(el.dataset.part); });
     const optional = OPTIONAL.filter(([k]) => rows.some((r) => r[k] !== undefined && r[k] !== null));
-    const head = ['rank', 'model', 'score', ...optional.map(([, label]) => label), 'prior', 'cold', 'residual', 'parts', 'params', 'family', 'unknown'];
+    const head = ['rank', 'model', 'score', ...optional.map(([, label]) => label), ...parts, 'parts', 'params', 'family', 'unknown'];
     const tr = document.createElement('tr');
     for (const h of head) { const th = document.createElement('th'); th.textContent = h; th.scope = 'col'; tr.appendChild(th); }
     $('results').tHead.replaceChildren(tr);
-    const scale = Math.max(1e-9, ...rows.map((r) => COMPONENTS.reduce((a, c) => a + Math.abs(r[c] || 0), 0)));
+    const scale = Math.max(1e-9, ...rows.map((r) => parts.reduce((a, c) => a + Math.abs(r[c] || 0), 0)));
     const body = $('results').tBodies[0];
     body.replaceChildren(...rows.map((r) => {
       const row = document.createElement('tr');
@@ -76,8 +79,8 @@
       if (r.description) m.title = r.description;
       cell(fmt(r.score), 'num score');
       for (const [k] of optional) cell(fmt(r[k], 3), 'num');
-      for (const c of COMPONENTS) cell(fmt(r[c]), `num ${c}-v`);
-      const parts = document.createElement('td'); parts.appendChild(bar(r, scale)); row.appendChild(parts);
+      for (const c of parts) cell(fmt(r[c]), `num ${c}-v`);
+      const td = document.createElement('td'); td.appendChild(bar(r, scale, parts)); row.appendChild(td);
       cell(r.params === null || r.params === undefined ? '?' : `${Number(r.params).toPrecision(3).replace(/\.?0+$/, '')}B`, 'num');
       cell(r.family || '');
       const u = cell('');
