@@ -392,3 +392,27 @@ def test_page_and_atlas_in_headless_chromium(server, bundle, service, query, tmp
         ]
     finally:
         drv.quit()
+
+
+def test_loadtest_command_prints_json(server, capsys) -> None:
+    assert loadtest.main([f"--url={server}", "--clients=2", "--requests=12", "--bad=8"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["load"]["ok"] == 12 and report["load"]["latency_ms"]["p99"] > 0
+    assert report["pool"] == "all" and report["pool_models"] > 0
+    assert report["bad"]["all_4xx_with_detail"] and report["healthz_after"] == "ok"
+    with pytest.raises(ValueError, match="only loopback"):
+        loadtest.loopback("http://10.0.0.1:8000")
+
+
+def test_lazy_atlas_answers_202_then_the_document(bundle, service) -> None:
+    lazy = serve_http.Service(bundle, atlas="lazy", atlas_method="pca",
+                              atlas_cache=service.atlas_cache, warmup=False)  # fmt: skip
+    client = TestClient(serve_http.create_app(lazy))
+    assert client.get("/healthz").json()["atlas"] == "not started"
+    first = client.get("/atlas")
+    assert first.status_code == 202 and first.json()["detail"].startswith("atlas: being computed")
+    lazy._atlas_thread.join(60)
+    doc = client.get("/atlas").json()
+    assert doc["bundle"] == service.atlas_doc["bundle"] and doc["method"] == "pca"
+    off = serve_http.Service(bundle, atlas="off", warmup=False)
+    assert TestClient(serve_http.create_app(off)).get("/atlas").status_code == 404
