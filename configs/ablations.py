@@ -34,6 +34,7 @@ Beyond the paper (what this implementation adds to the scorer)
   interaction          adds the bilinear model × context term (k = 64; off by default)
   no_release           no release-date input
   no_cold_size_prior   no size prior for models without a learned ID
+  competence           per-record competence features + cold-start episodes, no cold size prior
   paper_scorer         release and cold prior off, ID tables N(0, 1): the paper's scorer (plus
                        the continuous log-size input and zeroed untrained rows)
 
@@ -117,6 +118,7 @@ PRESETS = {
     "interaction": _set(interaction_dim=64),
     "no_release": _set(use_release=False),
     "no_cold_size_prior": _set(cold_size_prior=0.0),
+    "competence": _set(use_competence=True, cold_model_rate=0.2, cold_size_prior=0.0),
     "paper_scorer": _set(use_release=False, cold_size_prior=0.0, id_init_std=1.0),
 }
 LOSS_PRESETS = ("ensemble", "listwise", "pairwise", "listwise_pointwise", "pairwise_pointwise",
@@ -124,7 +126,8 @@ LOSS_PRESETS = ("ensemble", "listwise", "pairwise", "listwise_pointwise", "pairw
 SOURCE_PRESETS = ("interaction_only", "semantic_only", "structural_only", "interaction_semantic",
                   "interaction_structural", "semantic_structural")  # fmt: skip
 SIZE_FAMILY_PRESETS = ("no_size_prior", "no_size_feature", "no_family")
-EXTENSION_PRESETS = ("interaction", "no_release", "no_cold_size_prior", "paper_scorer")
+EXTENSION_PRESETS = ("interaction", "no_release", "no_cold_size_prior", "competence",
+                     "paper_scorer")  # fmt: skip
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:

@@ -84,7 +84,8 @@ POSITIVE = ("model.init_temperature",)
 NONNEG = ("optim.learning_rate", "optim.weight_decay", "optim.clip_norm", "loss.bpr_weight_cap", "model.id_init_std",
           "model.cold_size_prior", "loss.weights.listwise", "loss.weights.pairwise",
           "loss.weights.pointwise")  # fmt: skip
-RATES = ("model.dropout", "model.model_id_dropout", "model.dataset_id_dropout")
+RATES = ("model.dropout", "model.model_id_dropout", "model.dataset_id_dropout",
+         "model.cold_model_rate")  # fmt: skip
 CHOICES = {
     "optim.decay": ("cosine", "constant"),
     "loss.pl_reduction": ("mean", "sum"),

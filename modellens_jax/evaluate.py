@@ -43,6 +43,7 @@ from modellens_jax.data import competence, pipeline, splits
 KS = (1, 10)
 Scorer = Callable[[dict[str, np.ndarray]], Any]
 CONTRACT_KEYS = batch_lib.RECORD_KEYS + batch_lib.MODEL_KEYS + batch_lib.GROUP_KEYS
+SCORED_KEYS = (*CONTRACT_KEYS, "competence")  # what the trained scorer reads (when present)
 MODEL_NAME = "modellens"  # the trained model's row in reports
 
 # (key in the aggregate, column title) of the report tables.
@@ -131,9 +132,10 @@ def evaluate(
             batch["record"] = _slot_records(tables, lists, gid, batch["value"])
         if tie_seed is not None:
             perm = slot_permutation(gid, batch["mask"], tie_seed)
-            for k in (*batch_lib.RECORD_KEYS, "record"):
+            for k in (*batch_lib.RECORD_KEYS, *batch_lib.COMPETENCE_KEYS, "record"):
                 if k in batch:
-                    batch[k] = np.take_along_axis(batch[k], perm, 1)
+                    p = perm if batch[k].ndim == 2 else perm[..., None]
+                    batch[k] = np.take_along_axis(batch[k], p, 1)
         s = np.asarray(scorer(batch), np.float32)
         # A row with a NaN/inf score is scored as constant: it ranks nothing, so τ = 0 (a
         # constant ranker's τ is 0 by definition, see metrics.weighted_tau), never skipped.
@@ -347,7 +349,7 @@ class ModelScorer:
         self._fn = _score_jit(graphdef, mesh)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        b = self._to_device({k: batch[k] for k in CONTRACT_KEYS})
+        b = self._to_device({k: batch[k] for k in SCORED_KEYS if k in batch})
         return np.asarray(self._fn(self.state, b).addressable_data(0))
 
 

@@ -51,8 +51,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 from modellens_jax import checkpointing, fsutil, jobguard, optim, serve, sharding, train
+from modellens_jax.data import competence, pipeline, splits
 from modellens_jax.data import corpus as corpus_lib
-from modellens_jax.data import pipeline
 from modellens_jax.model import Scorer
 
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -89,28 +89,31 @@ def serving_functions(graphdef: Any) -> dict[str, Callable]:
 
     They call the training code's own :class:`Scorer` methods on a model merged from the flat
     parameters, so the bundle computes what training computed (inference mode, no dropout).
+    ``competence`` (``[S, U, F]``, or ``[P, F]`` for pairs) is the per-pair competence input;
+    a scorer that does not use it ignores it.
     """
 
     def bind(params: Mapping[str, jax.Array]) -> Scorer:
         return nnx.merge(graphdef, _unflatten(params))
 
-    def scorer(params, models, groups):
+    def scorer(params, models, groups, competence):
         m = bind(params)
-        out = m.score_all(models, groups)
+        out = m.score_all(models, groups, competence)
         return {"score": out["score"], "prior": m.model_prior(models), "residual": out["residual"]}
 
     def model_side(params, models):
         m = bind(params)
         return {"side": m.model_side(models), "prior": m.model_prior(models)}
 
-    def score_sides(params, side, prior, groups):
+    def score_sides(params, side, prior, groups, competence):
         m = bind(params)
-        out = m.score_sides(side, m.context_side(groups), prior)
+        out = m.score_sides(side, m.context_side(groups), prior, competence)
         return {"score": out["score"], "prior": prior, "residual": out["residual"]}
 
-    def score_pairs(params, models, groups, model_slot, group_slot):
+    def score_pairs(params, models, groups, model_slot, group_slot, competence):
         m = bind(params)
-        batch = {**models, **groups, "model_slot": model_slot[None], "group_slot": group_slot[None]}
+        batch = {**models, **groups, "model_slot": model_slot[None], "group_slot": group_slot[None],
+                 "competence": competence[None]}  # fmt: skip
         out = m(batch, train=False)
         return {k: out[k][0] for k in ("score", "prior", "residual")}
 
@@ -161,6 +164,7 @@ def export_functions(
         for p, v in nnx.to_flat_state(state)
     }
     u, s, p = jax.export.symbolic_shape("u, s, p")
+    f = serve.competence_width(model.competence_dim)
     dims = {"u": u, "s": s}
 
     def block(spec: dict[str, tuple]) -> dict[str, jax.ShapeDtypeStruct]:
@@ -179,11 +183,13 @@ def export_functions(
     side = jax.ShapeDtypeStruct((u, hidden), jnp.float32)
     prior = jax.ShapeDtypeStruct((u,), jnp.float32)
     slot = jax.ShapeDtypeStruct((p,), jnp.int32)
+    table = jax.ShapeDtypeStruct((s, u, f), jnp.float32)
+    pairs = jax.ShapeDtypeStruct((p, f), jnp.float32)
     args = {
-        "scorer": (params, models, groups),
+        "scorer": (params, models, groups, table),
         "model_side": (params, models),
-        "score_sides": (params, side, prior, groups),
-        "score_pairs": (params, models, groups, slot, slot),
+        "score_sides": (params, side, prior, groups, table),
+        "score_pairs": (params, models, groups, slot, slot, pairs),
     }
     fns = serving_functions(graphdef)
     return {
@@ -211,6 +217,37 @@ def applicability_tables(c: corpus_lib.Corpus) -> dict[str, np.ndarray]:
         "applicability/task": (pairs % T).astype(np.int32),
         "tasks/modality": per_task.argmax(1).astype(np.int32),
         "datasets/task": per_dataset.argmax(1).astype(np.int32),
+    }
+
+
+def competence_tables(c: corpus_lib.Corpus, tables: pipeline.FeatureTables) -> dict:
+    """What serving needs to compute the competence features of a query exactly as training
+    did (``competence.Memory``): the training records (model row, group, z) and each entity's
+    attributes, plus the most frequent source of each dataset and task (for new groups)."""
+    train = np.asarray(c["rec_split"]) == splits.TRAIN
+    ent = competence.Entities.of(tables)
+    G = len(ent.group_dataset)
+    gm = np.asarray(c["group_metric"], np.int64)
+    n_src = int(ent.group_source.max(initial=0)) + 1
+
+    def most_frequent_source(key: np.ndarray, n: int) -> np.ndarray:
+        counts = np.zeros((n, n_src), np.int64)
+        np.add.at(counts, (key, ent.group_source), 1)
+        return counts.argmax(1).astype(np.int32)
+
+    assert len(gm) == G
+    return {
+        "memory/model": np.asarray(tables.rec_model, np.int32)[train],
+        "memory/group": np.asarray(tables.rec_group, np.int32)[train],
+        "memory/z": np.asarray(tables.rec_z, np.float32)[train],
+        "groups/dataset": ent.group_dataset.astype(np.int32),
+        "groups/task": ent.group_task.astype(np.int32),
+        "groups/metric": gm.astype(np.int32),
+        "groups/source": ent.group_source.astype(np.int32),
+        "datasets/modality": ent.dataset_modality.astype(np.int32),
+        "datasets/source": most_frequent_source(ent.group_dataset, len(ent.dataset_modality)),
+        "tasks/source": most_frequent_source(ent.group_task, len(c.vocab["tasks"])),
+        "models/release_day": ent.model_release_day.astype(np.int32),
     }
 
 
@@ -370,6 +407,7 @@ def write_bundle(
             "datasets/dataset_id": c["dataset_id"],
             "datasets/dataset_desc": dataset_desc,
             **applicability_tables(c),
+            **(competence_tables(corpus, tables) if model.use_competence else {}),
         }
         tabs = {k: np.ascontiguousarray(v) for k, v in tabs.items()}
         save_file(tabs, tmp / "tables.safetensors", metadata={"format": "modellens-tables"})
@@ -406,6 +444,8 @@ def write_bundle(
                 "model_desc_dim": int(model_desc.shape[1]),
                 "dataset_desc_dim": int(dataset_desc.shape[1]),
                 "hidden_dim": int(model.hidden_dim),
+                "competence": list(competence.NAMES) if model.use_competence else [],
+                "competence_neighbours": competence.NEIGHBOURS,
             },
             "features": {
                 "model_id": bool(m.use_model_id),

@@ -24,6 +24,14 @@ Beyond the paper (each switchable; ``configs/ablations.py`` has a preset per swi
   ``λ·log10(size)`` added to their prior at evaluation and serving (never in training, where
   every model has an ID): new models come in families of graded sizes, inside which bigger is
   almost always better, a regularity the historical records underweight;
+- **competence features** (``use_competence``): per record, the model's record on the other
+  training groups of its task, source, modality and dataset, on the most similar training
+  datasets, its family's, and its size and release relative to the group's other models
+  (:mod:`modellens_jax.data.competence`), projected into the first layer per record
+  (``competence_proj``; NaN = unknown → value 0, known flag 0);
+- **cold-start episodes** (``cold_model_rate``): in training, a share of each batch's models is
+  treated as new for all its records (ID → [UNK], competence → its cold version: no history,
+  the family without the model), so how models without history rank is learned from the data;
 - categorical embedding rows no training record uses start (and stay) at zero (``zero_rows``),
   so a held-out family, task or name token is a neutral input rather than a random draw.
 
@@ -102,6 +110,7 @@ _BLOCKS = {
     "prior_hidden": "prior",
     "prior_out": "prior",
     "temperature": "temperature",
+    "competence_proj": "competence",
 }
 BLOCK_NAMES = (
     "model_id",
@@ -115,6 +124,7 @@ BLOCK_NAMES = (
     "heads",
     "prior",
     "temperature",
+    "competence",
 )
 
 
@@ -135,6 +145,7 @@ class FeatureSizes:
     num_metrics: int
     model_desc_dim: int
     dataset_desc_dim: int
+    competence_dim: int = 0  # per-record competence features (0 = the batch carries none)
 
 
 def _compute_dtype(name: str) -> jnp.dtype:
@@ -288,6 +299,16 @@ class Scorer(nnx.Module):
             self.prior_hidden = nnx.Linear(prior_in, h // 2, rngs=rngs)
             self.prior_out = nnx.Linear(h // 2, 1, rngs=rngs)
         self.temperature = nnx.Param(jnp.asarray(float(c.init_temperature), jnp.float32))
+        self.use_competence = bool(c.use_competence) and sizes.competence_dim > 0
+        self.competence_dim = int(sizes.competence_dim) if self.use_competence else 0
+        self.cold_model_rate = float(c.cold_model_rate) if self.use_competence else 0.0
+        if not 0.0 <= self.cold_model_rate <= 1.0:
+            raise ValueError(f"cold_model_rate must be in [0, 1], got {self.cold_model_rate}")
+        if self.use_competence:
+            # values (NaN -> 0) and known flags of each competence feature -> hidden
+            self.competence_proj = nnx.Linear(
+                2 * sizes.competence_dim, h, use_bias=False, rngs=rngs
+            )
 
     # ----------------------------------------------------------------------------- features
     @property
@@ -344,6 +365,14 @@ class Scorer(nnx.Module):
         out["task"] = self.task_embed(groups["task"])
         out["metric"] = self.metric_embed(groups["metric"])
         return out
+
+    def competence_pre(self, x: Array) -> Array:
+        """First-layer contribution ``[..., hidden]`` of per-record competence features
+        ``[..., F]`` (NaN = unknown: the value counts 0 and its known flag 0)."""
+        x = jnp.asarray(x, jnp.float32)
+        known = jnp.isfinite(x)
+        enc = jnp.concatenate([jnp.where(known, x, 0.0), known.astype(jnp.float32)], -1)
+        return _matmul(enc, self.competence_proj.kernel[...], self.dtype)
 
     def _project(self, feats: Mapping[str, Array], num: int) -> Array:
         acc = jnp.zeros((num, self.hidden_dim), jnp.float32)
@@ -480,8 +509,20 @@ class Scorer(nnx.Module):
         mside = self._project(mfeats, u)
         cside = self._project(cfeats, s) + self.first.bias[...]
         m_rec, c_rec = _take(mside, mslot), _take(cside, gslot)
-        if keys is not None and (id_drop_m or id_drop_d):
+        comp = batch["competence"] if self.use_competence else None
+        cold = keys is not None and self.cold_model_rate > 0
+        if cold:
+            # cold-start episodes: a share of the batch's models is new for all its records
+            # (ID and history withheld), as models that arrive after training are
+            cold_u = jax.random.bernoulli(
+                jax.random.fold_in(keys[0], 1), self.cold_model_rate, (u,)
+            )
+            cold_r = _take(cold_u, mslot)
+            comp = jnp.where(cold_r[..., None], batch["competence_cold"], comp)
+        if keys is not None and (id_drop_m or id_drop_d or cold):
             drop_m, drop_d = self.id_dropout_masks(keys[0], mslot.shape, r)
+            if cold and self.use_model_id:
+                drop_m, id_drop_m = drop_m | cold_r, True
             if id_drop_m:
                 proj = _matmul(mfeats["model_id"], self.first.kernels["model_id"][...], self.dtype)
                 m_unk = self._unk_side(self.model_id_embed, "model_id", proj, mside)
@@ -495,7 +536,10 @@ class Scorer(nnx.Module):
         prior = _take(self.model_prior(batch), mslot)
         key2 = None if keys is None else keys[1]
         inter = self._interaction(m_rec, c_rec)
-        return self._trunk(m_rec + c_rec, prior, train, key2, r["dropout"], inter)
+        pre = m_rec + c_rec
+        if comp is not None:
+            pre = pre + self.competence_pre(comp)
+        return self._trunk(pre, prior, train, key2, r["dropout"], inter)
 
     def forward_concatenated(
         self, batch: Mapping[str, Array], *, train: bool = False, key: Array | None = None
@@ -526,16 +570,22 @@ class Scorer(nnx.Module):
             if f in MODEL_SIDE:
                 m_pre = m_pre + _matmul(per_record[f], self.first.kernels[f][...], self.dtype)
         inter = self._interaction(m_pre, pre - m_pre)
+        if self.use_competence:
+            pre = pre + self.competence_pre(batch["competence"])
         return self._trunk(pre, prior, train, key2, self.dropout_rate, inter)
 
     # ------------------------------------------------------------------------------ serving
-    def score_sides(self, mside: Array, cside: Array, prior: Array) -> dict[str, Array]:
+    def score_sides(
+        self, mside: Array, cside: Array, prior: Array, competence: Array | None = None
+    ) -> dict[str, Array]:
         """Inference scores of every group against every model ``[S, U]`` from cached sides.
 
         For serving: compute ``model_side``/``model_prior`` once for all candidates, then one
-        ``context_side`` per query dataset.
+        ``context_side`` per query dataset; ``competence`` ``[S, U, F]`` when the scorer uses it.
         """
         pre = cside[:, None, :] + mside[None, :, :]
+        if self.use_competence:
+            pre = pre + self.competence_pre(competence)
         inter: Array | float = 0.0
         if self.interaction_dim:
             pm, pc = self.interaction.project(mside, cside, self.dtype)
@@ -543,11 +593,17 @@ class Scorer(nnx.Module):
         prior = jnp.broadcast_to(prior[None, :], pre.shape[:2])
         return self._trunk(pre, prior, False, None, 0.0, inter)
 
-    def score_all(self, models: Mapping[str, Array], groups: Mapping[str, Array]) -> dict:
+    def score_all(
+        self,
+        models: Mapping[str, Array],
+        groups: Mapping[str, Array],
+        competence: Array | None = None,
+    ) -> dict:
         """Inference scores ``[S, U]`` of each group in ``groups`` against each model."""
         return self.score_sides(
-            self.model_side(models), self.context_side(groups), self.model_prior(models)
-        )
+            self.model_side(models), self.context_side(groups), self.model_prior(models),
+            competence,
+        )  # fmt: skip
 
 
 def zero_rows(model: Scorer, rows: Mapping[str, Any]) -> Scorer:
@@ -662,7 +718,8 @@ def _paper_model_config() -> Any:
         dataset_id_dropout=0.1, init_temperature=1.0, use_model_id=True, use_model_name=True,
         use_model_desc=True, use_dataset_id=True, use_dataset_desc=True, use_size_feature=True,
         use_size_prior=True, use_family_prior=True, compute_dtype="float32", interaction_dim=64,
-        use_release=True, cold_size_prior=0.0, id_init_std=1.0,
+        use_release=True, cold_size_prior=0.0, id_init_std=1.0, use_competence=False,
+        cold_model_rate=0.0,
     )  # fmt: skip
 
 

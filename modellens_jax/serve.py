@@ -1,7 +1,7 @@
 """Serving from a bundle alone: verify it, featurise models and queries, rank and score.
 
-Imports only jax, numpy, safetensors and ``modellens_jax.data.schema`` (no flax, orbax, grain,
-training or model code). The text encoder is imported lazily, only when a description the bundle
+Imports only jax, numpy, safetensors and the numpy-only ``modellens_jax.data.schema`` and
+``modellens_jax.data.competence`` (no flax, orbax, grain, training or model code). The text encoder is imported lazily, only when a description the bundle
 has never seen must be embedded.
 
 Python API::
@@ -23,9 +23,17 @@ its learned ID and stored description embedding; an unseen one ID 0 and the embe
 ``corpus.dataset_text``. Unknown task/metric -> 0. Every result lists the features that fell
 back to [UNK]/unknown (``unknown``), e.g. ``["model_id", "family", "task"]``.
 
+Competence features (when the scorer reads them): for every (query, candidate) the bundle's
+training records give the candidate's record on the task, source, modality and dataset, on the
+most similar training datasets and its family's, exactly as training computed them
+(``competence.Memory`` over the same records); a query that is a known (dataset, task, metric)
+group leaves that group's own records out, as training did. The features relative to the
+group (size and release against the other models) are over the candidates scored together: the
+pool for ``rank``, each query's pairs for ``score_pairs``.
+
 ``score`` is the model's tempered ranking score ``(residual + prior) / T``: comparable between
 models for one query, not a predicted metric value; ``prior`` is the size/family prior and
-``residual`` the backbone's part.
+``residual`` the backbone's part (competence included).
 """
 
 from __future__ import annotations
@@ -52,7 +60,8 @@ from modellens_jax import fsutil
 from modellens_jax.data import schema
 
 FORMAT = "modellens-bundle"
-FORMAT_VERSION = 3  # 2: models carry log_size and release; 3: applicability tables
+# 2: models carry log_size and release; 3: applicability tables; 4: competence memory + input
+FORMAT_VERSION = 4
 MODEL_INPUTS = (
     "model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "log_size", "release",
     "family",
@@ -91,12 +100,18 @@ class InputError(ValueError):
     """A bad CSV file, row or argument (the message names file, row and field)."""
 
 
+def competence_width(n: int) -> int:
+    """Width of the exported functions' competence input: ``n`` features, or 1 (ignored
+    zeros) for a scorer without them (no zero-size dimensions in the exported signatures)."""
+    return max(int(n), 1)
+
+
 def bucket(n: int, minimum: int = 8) -> int:
     """Padded size for ``n`` rows: ``max(n, minimum)`` rounded up to 2^k or 3·2^(k-1), so a
     shape-polymorphic function compiles for few shapes (two per octave) and pads by < 50%."""
     n = max(int(n), minimum)
     p = 1 << (n - 1).bit_length()
-    return 3 * p // 4 if n <= 3 * p // 4 else p
+    return 3 * p // 4 if 4 * n <= 3 * p else p
 
 
 # --- reading and verifying a bundle ---------------------------------------------------------
@@ -391,6 +406,8 @@ class ModelPool:
     known: np.ndarray
     unknown: list[tuple[str, ...]]
     descriptions: list[str]
+    rows: np.ndarray  # the bundle's model row, -1 for a model it has not seen
+    release_day: np.ndarray  # days since 1970, -1 unknown
     _side: tuple[jax.Array, jax.Array] | None = dataclasses.field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -417,6 +434,7 @@ class Contexts:
     keys: list[tuple[str | None, str | None, str | None]]
     arrays: dict[str, np.ndarray]
     unknown: list[tuple[str, ...]]
+    dataset_rows: np.ndarray  # the bundle's dataset row, -1 for a dataset it has not seen
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -426,7 +444,8 @@ class Contexts:
 class Recommendation:
     """One ranked model. ``prior + cold + residual == score`` (each already divided by the
     scorer's temperature): the learned size/family prior, the cold-start size prior of a model
-    without a learned ID, and the network's residual. ``pool`` says why it is a candidate."""
+    without a learned ID, and the network's residual (competence features included). ``pool``
+    says why it is a candidate."""
 
     rank: int
     model: str
@@ -508,6 +527,7 @@ class Recommender:
         self.task_models = [np.sort(am[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
         self.task_modality = np.asarray(t["tasks/modality"])
         self.dataset_task = np.asarray(t["datasets/task"])
+        self._init_competence()
         m_cfg = bundle.config.get("model", {})
         self.temperature = max(float(np.asarray(bundle.params["temperature"])), MIN_TEMPERATURE)
         self.cold_size_prior = (
@@ -569,6 +589,7 @@ class Recommender:
                 u.append("family")
             unknown.append(tuple(u))
         names, texts = self.bundle.vocab["models"], self.bundle.texts["models"]
+        days = t.get("models/release_day")
         return ModelPool(
             names=[names[r] for r in rows],
             arrays=arrays,
@@ -577,6 +598,10 @@ class Recommender:
             known=np.ones(len(rows), bool),
             unknown=unknown,
             descriptions=[texts[r] for r in rows],
+            rows=np.asarray(rows, np.int64).copy(),
+            release_day=(np.full(len(rows), -1) if days is None else np.asarray(days)[rows]).astype(
+                np.int64
+            ),
         )
 
     def candidates(
@@ -603,6 +628,7 @@ class Recommender:
         pool = self._known_pool(np.asarray([max(r, 0) for r in known_rows], np.int64))
         pool.names = names
         pool.known = np.asarray([r >= 0 for r in known_rows], bool)
+        pool.rows = np.asarray(known_rows, np.int64)
         if not new:
             return pool
         f = self.features
@@ -626,6 +652,7 @@ class Recommender:
         a["size_bucket"][idx] = sizes
         a["log_size"][idx] = schema.log_size(params)
         a["release"][idx] = schema.release_years(days)
+        pool.release_day[idx] = days
         a["family"][idx] = fam_ids
         if f["model_desc"]:
             if model_desc is not None:
@@ -683,6 +710,7 @@ class Recommender:
             "metric": np.zeros(n, np.int32),
         }
         unknown, keys, embed_rows, embed_texts = [], [], [], []
+        rows_known = np.full(n, -1, np.int64)
         for i, q in enumerate(queries):
             ds, task, metric = q.get("dataset") or None, q.get("task"), q.get("metric")
             desc = q.get("dataset_desc") or ""
@@ -691,6 +719,7 @@ class Recommender:
             arrays["metric"][i] = self.metric_index.get(metric or "", 0)
             u = []
             j = self.dataset_index.get(ds, -1) if ds else -1
+            rows_known[i] = j
             if j >= 0:
                 arrays["dataset_id"][i] = t["datasets/dataset_id"][j]
                 arrays["dataset_desc"][i] = t["datasets/dataset_desc"][j]
@@ -721,7 +750,106 @@ class Recommender:
             unknown.append(tuple(u))
         if embed_rows:
             arrays["dataset_desc"][embed_rows] = self.embed(embed_texts, self.dataset_desc_dim)
-        return Contexts(keys, arrays, unknown)
+        return Contexts(keys, arrays, unknown, rows_known)
+
+    # ------------------------------------------------------------------------- competence
+    def _init_competence(self) -> None:
+        """The training records' memory (``data.competence.Memory``) when the scorer reads
+        competence features: built once, from the bundle's tables, as training built it."""
+        inp = self.bundle.inputs
+        names = list(inp.get("competence") or [])
+        self.competence_dim, self.memory = len(names), None
+        if not names:
+            return
+        from modellens_jax.data import competence
+
+        if names != list(competence.NAMES):
+            raise BundleError(
+                f"{self.bundle.path / 'manifest.json'}: competence features {names} differ from "
+                f"this reader's {list(competence.NAMES)} (re-export the bundle)"
+            )
+        t = self.bundle.tables
+        ent = competence.Entities(
+            model_family=np.asarray(t["models/family"], np.int64),
+            model_params=np.asarray(t["models/params"], np.float64),
+            model_release_day=np.asarray(t["models/release_day"], np.int64),
+            group_dataset=np.asarray(t["groups/dataset"], np.int64),
+            group_task=np.asarray(t["groups/task"], np.int64),
+            group_source=np.asarray(t["groups/source"], np.int64),
+            dataset_modality=np.asarray(t["datasets/modality"], np.int64),
+            dataset_desc=np.asarray(t["datasets/dataset_desc"], np.float32),
+        )
+        self.entities = ent
+        self.memory = competence.Memory(
+            ent, t["memory/model"], t["memory/group"], t["memory/z"],
+            k=int(inp["competence_neighbours"]),
+        )  # fmt: skip
+        gm = np.asarray(t["groups/metric"], np.int64)
+        self.group_index = {
+            (int(d), int(k), int(m)): g
+            for g, (d, k, m) in enumerate(zip(ent.group_dataset, ent.group_task, gm))
+        }
+
+    def competence(
+        self,
+        pool: ModelPool,
+        ctx: Contexts,
+        model_slot: np.ndarray | None = None,
+        group_slot: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Competence features (encoded, NaN = unknown) of every query × pool model ``[S, U,
+        F]``, or of the pairs ``(ctx[group_slot], pool[model_slot])`` ``[P, F]``, from the
+        bundle's training records exactly as training computed them: new models, datasets and
+        groups are appended to the entities; a query that is a known (dataset, task, metric)
+        group is that group, its own records left out as in training."""
+        from modellens_jax.data import competence
+
+        ent, t = self.entities, self.bundle.tables
+        M, D, G = len(ent.model_family), len(ent.dataset_modality), len(ent.group_dataset)
+        new_m = pool.rows < 0
+        m_ids = np.where(new_m, M + np.cumsum(new_m) - 1, pool.rows)
+        task = np.asarray(ctx.arrays["task"], np.int64)
+        metric = np.asarray(ctx.arrays["metric"], np.int64)
+        d = np.asarray(ctx.dataset_rows, np.int64)
+        new_d = d < 0
+        d_ids = np.where(new_d, D + np.cumsum(new_d) - 1, d)
+        known_g = np.asarray(
+            [
+                self.group_index.get((int(a), int(b), int(c)), -1)
+                for a, b, c in zip(d, task, metric)
+            ],
+            np.int64,
+        )
+        new_g = known_g < 0
+        g_ids = np.where(new_g, G + np.cumsum(new_g) - 1, known_g)
+        d_src = np.asarray(t["datasets/source"], np.int64)
+        src = np.where(d >= 0, d_src[np.maximum(d, 0)], np.asarray(t["tasks/source"])[task])
+        ext = competence.Entities(
+            model_family=np.r_[ent.model_family, pool.arrays["family"][new_m]],
+            model_params=np.r_[ent.model_params, pool.params[new_m]],
+            model_release_day=np.r_[ent.model_release_day, pool.release_day[new_m]],
+            group_dataset=np.r_[ent.group_dataset, d_ids[new_g]],
+            group_task=np.r_[ent.group_task, task[new_g]],
+            group_source=np.r_[ent.group_source, src[new_g]],
+            dataset_modality=np.r_[ent.dataset_modality, self.task_modality[task[new_d]]],
+            dataset_desc=np.concatenate(
+                [ent.dataset_desc, np.asarray(ctx.arrays["dataset_desc"], np.float32)[new_d]]
+            ),
+        )
+        if model_slot is None:
+            rec_m, rec_g = np.tile(m_ids, len(ctx)), np.repeat(g_ids, len(pool))
+        else:
+            rec_m, rec_g = m_ids[model_slot], g_ids[group_slot]
+        x = competence.encode(self.memory.features(ext, rec_m, rec_g))
+        return x if model_slot is not None else x.reshape(len(ctx), len(pool), -1)
+
+    def _competence_input(self, pool: ModelPool, ctx: Contexts) -> np.ndarray:
+        """The competence input of the exported scorers, padded to the padded pool/queries."""
+        w = competence_width(self.competence_dim)
+        out = np.zeros((bucket(len(ctx), 1), bucket(len(pool)), w), np.float32)
+        if self.competence_dim:
+            out[: len(ctx), : len(pool)] = self.competence(pool, ctx)
+        return out
 
     # ------------------------------------------------------------------------- scoring
     def model_side(self, pool: ModelPool) -> tuple[jax.Array, jax.Array]:
@@ -743,11 +871,12 @@ class Recommender:
             return {"score": z, "prior": np.zeros(len(pool), np.float32), "residual": z}
         groups = _pad(ctx.arrays, bucket(len(ctx), 1))
         fns, params = self.bundle.functions, self.bundle.params
+        comp = self._competence_input(pool, ctx)
         if cached:
             side, prior = self.model_side(pool)
-            out = fns["score_sides"](params, side, prior, groups)
+            out = fns["score_sides"](params, side, prior, groups, comp)
         else:
-            out = fns["scorer"](params, pool.padded(), groups)
+            out = fns["scorer"](params, pool.padded(), groups, comp)
         s, u = len(ctx), len(pool)
         return {
             "score": np.asarray(out["score"])[:s, :u],
@@ -806,7 +935,7 @@ class Recommender:
         out = self.score_matrix(models, ctx, cached=cached)
         score = out["score"][0]
         idx = np.flatnonzero(keep)
-        idx = idx[np.argsort(-score[idx], kind="stable")]
+        idx = idx[np.argsort(-score[idx], stable=True)]
         if top_k:
             idx = idx[:top_k]
         cu = ctx.unknown[0]
@@ -970,6 +1099,9 @@ class Recommender:
         groups_b = _pad(ctx.arrays, bucket(len(ctx), 1))
         fn, params = self.bundle.functions["score_pairs"], self.bundle.params
         parts = {"score": [], "prior": [], "residual": []}
+        comp = np.zeros((len(rows), competence_width(self.competence_dim)), np.float32)
+        if self.competence_dim:
+            comp = self.competence(pool, ctx, mslot, gslot)
         for a in range(0, len(rows), PAIR_CHUNK):
             ms, gs = mslot[a : a + PAIR_CHUNK], gslot[a : a + PAIR_CHUNK]
             p = bucket(len(ms))
@@ -979,6 +1111,7 @@ class Recommender:
                 groups_b,
                 np.pad(ms, (0, p - len(ms))),
                 np.pad(gs, (0, p - len(gs))),
+                np.pad(comp[a : a + PAIR_CHUNK], ((0, p - len(ms)), (0, 0))),
             )
             for k in parts:
                 parts[k].append(np.asarray(out[k])[: len(ms)])

@@ -79,7 +79,10 @@ def load_data(config: ml_collections.ConfigDict, workdir: str | Path, *, verbose
         model_desc = np.zeros((len(corpus.model_names), 0), np.float32)
     if not (need and m_cfg.use_dataset_desc):
         dataset_desc = np.zeros((len(corpus.vocab["datasets"]), 0), np.float32)
-    return corpus, pipeline.FeatureTables(corpus, model_desc, dataset_desc)
+    tables = pipeline.FeatureTables(corpus, model_desc, dataset_desc)
+    if m_cfg.get("use_competence", False):
+        tables.attach_competence()
+    return corpus, tables
 
 
 def _barrier(name: str) -> None:
@@ -103,6 +106,7 @@ def feature_sizes(
         num_metrics=len(c.vocab["metrics"]),
         model_desc_dim=int(tables.model_desc.shape[1]),
         dataset_desc_dim=int(tables.dataset_desc.shape[1]),
+        competence_dim=0 if tables.competence is None else int(tables.competence.shape[1]),
     )
 
 

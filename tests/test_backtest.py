@@ -163,27 +163,21 @@ def slow_features(t, k=competence.NEIGHBOURS, cold=False):
     out = np.zeros((N, len(competence.NAMES)))
     for r in range(N):
         other = [i for i in tr if g[i] != g[r]]
+        # a cold record's model has no records at all
+        mine = [i for i in other if m[i] == m[r] and not cold]
         f = {}
-        f["model_mean_z"], n = mean([z[i] for i in other if m[i] == m[r]])
+        f["model_mean_z"], n = mean([z[i] for i in mine])
         f["model_log_records"] = np.log1p(n)
-        f["model_task_z"], _ = mean(
-            [z[i] for i in other if m[i] == m[r] and task[g[i]] == task[g[r]]]
-        )
-        f["model_source_z"], _ = mean(
-            [z[i] for i in other if m[i] == m[r] and src[g[i]] == src[g[r]]]
-        )
-        f["model_modality_z"], _ = mean(
-            [z[i] for i in other if m[i] == m[r] and mod[g[i]] == mod[g[r]]]
-        )
-        f["model_dataset_z"], _ = mean(
-            [z[i] for i in other if m[i] == m[r] and gd[g[i]] == gd[g[r]]]
-        )
+        f["model_task_z"], _ = mean([z[i] for i in mine if task[g[i]] == task[g[r]]])
+        f["model_source_z"], _ = mean([z[i] for i in mine if src[g[i]] == src[g[r]]])
+        f["model_modality_z"], _ = mean([z[i] for i in mine if mod[g[i]] == mod[g[r]]])
+        f["model_dataset_z"], _ = mean([z[i] for i in mine if gd[g[i]] == gd[g[r]]])
         sims = sorted((-float(e[gd[g[r]]] @ e[d]), d) for d in trained if d != gd[g[r]])[:k]
         num = den = tot = 0.0
         for s, d in sims:
             w = max(-s, 0.0)
             tot += w
-            vals = [z[i] for i in tr if gd[g[i]] == d and m[i] == m[r]]
+            vals = [z[i] for i in tr if gd[g[i]] == d and m[i] == m[r] and not cold]
             if vals:
                 num += w * np.mean(vals)
                 den += w
@@ -193,9 +187,6 @@ def slow_features(t, k=competence.NEIGHBOURS, cold=False):
         f["family_mean_z"], nf = mean([z[i] for i in fam_other])
         f["family_task_z"], _ = mean([z[i] for i in fam_other if task[g[i]] == task[g[r]]])
         f["family_log_records"] = np.log1p(nf)
-        if cold:
-            for h in competence.HISTORY:
-                f[h] = np.nan
         ls = [
             np.log10(params[m[i]]) if params[m[i]] > 0 else np.nan for i in range(N) if g[i] == g[r]
         ]

@@ -313,7 +313,9 @@ def test_ablation_presets_switch_as_documented():
     assert (m.interaction_dim, m.use_release, m.cold_size_prior, m.id_init_std) == (0, False, 0, 1)
     assert abl.get_config("interaction").model.interaction_dim > 0
     assert default.model.interaction_dim == 0 and default.model.use_release
-    assert default.model.cold_size_prior > 0
+    assert default.model.cold_size_prior > 0 and not default.model.use_competence
+    m = abl.get_config("competence").model
+    assert (m.use_competence, m.cold_model_rate, m.cold_size_prior) == (True, 0.2, 0.0)
     with pytest.raises(ValueError, match="unknown ablation preset"):
         abl.get_config("nope")
     c = ablate.preset_config("listwise", {"train.steps": 7})

@@ -67,7 +67,7 @@ def make_scorer(config: ml_collections.ConfigDict, sizes: FeatureSizes, seed: in
 
 
 def test_exported_functions_equal_scorer() -> None:
-    model = make_scorer(tiny_model_config(), SIZES, seed=3)
+    model = make_scorer(tiny_model_config(use_competence=True, cold_model_rate=0.2), SIZES, seed=3)
     exported = export.export_functions(
         model, max_name_tokens=4, model_desc_dim=DESC, dataset_desc_dim=DESC
     )
@@ -77,32 +77,38 @@ def test_exported_functions_equal_scorer() -> None:
     params = export.flat_params(model)
 
     @nnx.jit
-    def reference(m, models, groups, mslot, gslot):  # the training code's own methods
-        out = m.score_all(models, groups)
-        rec = m({**models, **groups, "model_slot": mslot[None], "group_slot": gslot[None]})
+    def reference(m, models, groups, mslot, gslot, comp):  # the training code's own methods
+        out = m.score_all(models, groups, comp)
+        rec = m({**models, **groups, "model_slot": mslot[None], "group_slot": gslot[None],
+                 "competence": comp[gslot, mslot][None]})  # fmt: skip
         return out, m.model_prior(models), m.model_side(models), rec["score"][0]
 
     rng = np.random.default_rng(0)
     models, groups = random_blocks(rng, 37, 3)
     mslot = rng.integers(0, 37, 11).astype(np.int32)
     gslot = rng.integers(0, 3, 11).astype(np.int32)
-    want, prior, mside, rec_score = reference(model, models, groups, mslot, gslot)
-    got = fns["scorer"](params, models, groups)
+    assert model.competence_dim == SIZES.competence_dim > 0
+    comp = rng.normal(size=(3, 37, SIZES.competence_dim)).astype(np.float32)
+    comp[rng.random(comp.shape) < 0.3] = np.nan  # unknown features
+    want, prior, mside, rec_score = reference(model, models, groups, mslot, gslot, comp)
+    got = fns["scorer"](params, models, groups, comp)
     np.testing.assert_allclose(got["score"], want["score"], **TOL)
     np.testing.assert_allclose(got["residual"], want["residual"], **TOL)
     np.testing.assert_allclose(got["prior"], prior, **TOL)
     side = fns["model_side"](params, models)
     np.testing.assert_allclose(side["side"], mside, **TOL)
     np.testing.assert_allclose(side["prior"], prior, **TOL)
-    cached = fns["score_sides"](params, side["side"], side["prior"], groups)
+    cached = fns["score_sides"](params, side["side"], side["prior"], groups, comp)
     np.testing.assert_allclose(cached["score"], want["score"], **TOL)
-    pairs = fns["score_pairs"](params, models, groups, mslot, gslot)
+    pairs = fns["score_pairs"](params, models, groups, mslot, gslot, comp[gslot, mslot])
     np.testing.assert_allclose(pairs["score"], rec_score, **TOL)
     np.testing.assert_allclose(pairs["score"], np.asarray(want["score"])[gslot, mslot], **TOL)
     # The same artifact serves other sizes (symbolic U and S).
     few_m, few_g = {k: v[:5] for k, v in models.items()}, {k: v[:1] for k, v in groups.items()}
     np.testing.assert_allclose(
-        fns["scorer"](params, few_m, few_g)["score"], np.asarray(want["score"])[:1, :5], **TOL
+        fns["scorer"](params, few_m, few_g, comp[:1, :5])["score"],
+        np.asarray(want["score"])[:1, :5],
+        **TOL,
     )
 
 
@@ -134,6 +140,8 @@ def train_config() -> ml_collections.ConfigDict:
     cfg.train.steps = 2
     cfg.train.eval_every = cfg.train.checkpoint_every = 1000  # the final step does both
     cfg.mesh.data = 1  # one device: a third of the 8-device compile time
+    # the opt-in competence features (cold prior kept): the serving path computes them
+    cfg.model.update(use_competence=True, cold_model_rate=0.2)
     return cfg
 
 
@@ -161,20 +169,18 @@ def trained(compiled_corpus, tmp_path_factory) -> dict:
         "task": rng.integers(0, len(c.vocab["tasks"]), s).astype(np.int32),
         "metric": rng.integers(0, len(c.vocab["metrics"]), s).astype(np.int32),
     }
-    out, prior = nnx.jit(lambda m, a, b: (m.score_all(a, b), m.model_prior(a)))(
-        model, models, groups
-    )
-    ref = {
-        "score": np.asarray(out["score"]),
-        "residual": np.asarray(out["residual"]),
-        "prior": np.asarray(prior),
-    }
     temperature = float(np.asarray(model.temperature[...]))
+    assert model.use_competence and tables.competence is not None
+    competence = tables.competence.copy()  # the training batches' per-record features
     shutil.rmtree(wd)
     return {
         "bundle": bundle,
         "groups": groups,
-        "ref": ref,
+        "dataset_rows": ds,
+        "model": model,
+        "models": models,
+        "corpus": corpus,
+        "competence": competence,
         "base": base,
         "T": temperature,
         "step": result.step,
@@ -205,38 +211,86 @@ def rec(bundle) -> serve.Recommender:
     return serve.Recommender.load(bundle)
 
 
+def test_serving_competence_equals_training(trained, rec) -> None:
+    """The competence features serving computes for a query equal, bit for bit, those the
+    training batches carried: for known groups queried with exactly their records' models
+    (the pairs path), for the whole pool of a known group (where only the two features
+    relative to the group's other models may differ), and for a new dataset / new model the
+    history columns fall back as for a held-out one."""
+    c, comp = trained["corpus"], trained["competence"]
+    v = rec.bundle.vocab
+    rec_group, rec_model = np.asarray(c["rec_group"]), np.asarray(c["rec_model"])
+    counts = np.bincount(rec_group)
+    groups = np.flatnonzero(counts >= 3)[:: max(1, len(np.flatnonzero(counts >= 3)) // 12)][:12]
+    assert len(groups) >= 5
+    gd, gt, gm = (np.asarray(c[k]) for k in ("group_dataset", "group_task", "group_metric"))
+    queries = [{"dataset": v["datasets"][gd[x]], "task": v["tasks"][gt[x]],
+                "metric": v["metrics"][gm[x]]} for x in groups]  # fmt: skip
+    ctx = rec.contexts(queries)
+    recs = [np.flatnonzero(rec_group == x) for x in groups]
+    pool = rec.known_models()
+    mslot = np.concatenate([rec_model[r] for r in recs])
+    gslot = np.concatenate([np.full(len(r), i) for i, r in enumerate(recs)])
+    got = rec.competence(pool, ctx, mslot, gslot)
+    np.testing.assert_array_equal(got, comp[np.concatenate(recs)])
+    assert np.isfinite(got).any() and np.isnan(got).any()
+    # the whole pool: every feature but the two relative to the group's other models
+    table = rec.competence(pool, ctx)
+    from modellens_jax.data import competence
+
+    rel = [competence.NAMES.index(n) for n in ("log_size_vs_group", "size_percentile_in_group",
+                                               "release_vs_group")]  # fmt: skip
+    keep = np.setdiff1d(np.arange(len(competence.NAMES)), rel)
+    for i, r in enumerate(recs):
+        np.testing.assert_array_equal(table[i][rec_model[r]][:, keep], comp[r][:, keep])
+    # a new dataset: no record of any model on it; a new model: no history at all
+    new = rec.contexts([{"dataset": "Brand New", "dataset_desc": "x", "task": v["tasks"][gt[0]],
+                         "metric": v["metrics"][gm[0]]}])  # fmt: skip
+    own = competence.NAMES.index("model_dataset_z")
+    assert np.isnan(rec.competence(pool, new)[0][:, own]).all()
+    cand = rec.candidates([{"model": "lab/brand-new-7b", "params": "7"}])
+    hist = [competence.NAMES.index(n) for n in competence.HISTORY if n != "model_log_records"]
+    x = rec.competence(cand, ctx)
+    assert np.isnan(x[:, 0][:, hist]).all()
+    assert x[0, 0, competence.NAMES.index("model_log_records")] == 0.0
+
+
 def test_bundle_scores_equal_training_scorer(trained, rec) -> None:
     assert not (trained["base"] / "workdir").exists()
     pool = rec.known_models()
     g = trained["groups"]
-    ctx = serve.Contexts([(None, None, None)] * len(g["task"]), g, [()] * len(g["task"]))
+    ctx = serve.Contexts(
+        [(None, None, None)] * len(g["task"]), g, [()] * len(g["task"]), trained["dataset_rows"]
+    )
+    # The training code's scorer on the same inputs (the competence features: see
+    # test_serving_competence_equals_training below).
+    comp = rec.competence(pool, ctx)
+    out, prior = nnx.jit(lambda m, a, b, c: (m.score_all(a, b, c), m.model_prior(a)))(
+        trained["model"], trained["models"], g, comp
+    )
+    ref = {"score": out["score"], "residual": out["residual"], "prior": prior}
     for cached in (True, False):
         out = rec.score_matrix(pool, ctx, cached=cached)
         for k in ("score", "residual", "prior"):
-            np.testing.assert_allclose(out[k], trained["ref"][k], **TOL)
-    # Sparse pairs through score_pairs agree with the matrix.
+            np.testing.assert_allclose(out[k], ref[k], **TOL)
+    # Pairs through score_pairs agree with the matrix when each query's pairs are the same
+    # candidates (the features relative to the group are over the candidates scored together).
     v = rec.bundle.vocab
     rng = np.random.default_rng(2)
-    mi = rng.integers(0, len(v["models"]), 40)
-    di = rng.integers(0, len(v["datasets"]), 40)
+    di = rng.integers(0, len(v["datasets"]), 3)
+    mi = rng.permutation(len(v["models"]))  # every model, shuffled, for each query
     rows = [
-        {
-            "dataset": v["datasets"][d],
-            "task": v["tasks"][1],
-            "metric": v["metrics"][1],
-            "model": v["models"][m],
-        }
-        for m, d in zip(mi, di)
-    ]
-    got = rec.score_pairs(rows)
+        {"dataset": v["datasets"][d], "task": v["tasks"][1], "metric": v["metrics"][1],
+         "model": v["models"][m]}
+        for d in di for m in mi
+    ]  # fmt: skip
+    got = np.asarray([x["score"] for x in rec.score_pairs(rows)]).reshape(3, -1)
     ctx2 = rec.contexts(
-        [
-            {"dataset": v["datasets"][d], "task": v["tasks"][1], "metric": v["metrics"][1]}
-            for d in di
-        ]
-    )
+        [{"dataset": v["datasets"][d], "task": v["tasks"][1], "metric": v["metrics"][1]}
+         for d in di]
+    )  # fmt: skip
     mat = rec.score_matrix(pool, ctx2)["score"]
-    np.testing.assert_allclose([x["score"] for x in got], mat[np.arange(40), mi], **TOL)
+    np.testing.assert_allclose(got, mat[:, mi], **TOL)
 
 
 def test_bundle_layout(trained) -> None:
@@ -593,6 +647,7 @@ def test_rank_ties_defaults_caching_and_the_query_text(rec) -> None:
         arrays={k: x[idx] for k, x in base.arrays.items()}, params=base.params[idx],
         families=[base.families[i] for i in idx], known=base.known[idx],
         unknown=[base.unknown[i] for i in idx], descriptions=[base.descriptions[i] for i in idx],
+        rows=base.rows[idx], release_day=base.release_day[idx],
     )  # fmt: skip
     res = rec.rank(**q, candidates=copies, top_k=0, cached=False)
     assert copies._side is None  # cached=False: the whole scorer, nothing stored

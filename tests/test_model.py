@@ -34,6 +34,7 @@ SIZES = FeatureSizes(
     num_metrics=6,
     model_desc_dim=DESC,
     dataset_desc_dim=DESC,
+    competence_dim=5,
 )
 SWITCHES = (
     "use_model_id",
@@ -45,6 +46,7 @@ SWITCHES = (
     "use_size_prior",
     "use_family_prior",
     "use_release",
+    "use_competence",
 )
 
 
@@ -54,7 +56,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
             model_id_dim=16, name_dim=8, dataset_id_dim=8, task_dim=4, metric_dim=4, size_dim=4,
             family_dim=4, hidden_dim=16, dropout=0.1, model_id_dropout=0.1,
             dataset_id_dropout=0.1, init_temperature=1.0, compute_dtype="float32",
-            interaction_dim=8, cold_size_prior=0.0, id_init_std=1.0,
+            interaction_dim=8, cold_size_prior=0.0, id_init_std=1.0, cold_model_rate=0.0,
             **dict.fromkeys(SWITCHES, True),
         )
     )  # fmt: skip
@@ -74,7 +76,10 @@ def make(seed: int = 0, **overrides) -> Scorer:
 
 def batch(seed: int = 0, **kw) -> dict[str, jax.Array]:
     return {
-        k: jnp.asarray(v) for k, v in synthetic_batch(np.random.default_rng(seed), **kw).items()
+        k: jnp.asarray(v)
+        for k, v in synthetic_batch(
+            np.random.default_rng(seed), **{"competence_dim": SIZES.competence_dim, **kw}
+        ).items()
     }
 
 
@@ -275,6 +280,7 @@ def test_param_counts_match_actual(combo: str) -> None:
         "model_id": "model_id_embed", "name": "name_embed", "dataset_id": "dataset_id_embed",
         "task": "task_embed", "metric": "metric_embed", "size": "size_embed",
         "family": "family_embed", "temperature": "temperature",
+        "competence": "competence_proj",
     }  # fmt: skip
     for path, var in nnx.to_flat_state(params):
         head = path[0]
@@ -344,7 +350,11 @@ def test_serving_score_all_matches_records() -> None:
     model, b = make(), batch(12)
     models = {k: b[k] for k in MODEL_KEYS}
     groups = {k: b[k] for k in ("dataset_id", "dataset_desc", "task", "metric")}
-    table = model.score_all(models, groups)  # [S, U]
+    rng = np.random.default_rng(12)
+    comp = rng.normal(size=(6, 16, SIZES.competence_dim)).astype(np.float32)
+    comp[rng.random(comp.shape) < 0.3] = np.nan  # unknown features
+    b = dict(b, competence=jnp.asarray(comp[b["group_slot"], b["model_slot"]]))
+    table = model.score_all(models, groups, jnp.asarray(comp))  # [S, U]
     assert table["score"].shape == (6, 16)
     rec = model(b)
     gathered = table["score"][b["group_slot"], b["model_slot"]]
@@ -380,10 +390,20 @@ def test_interaction_is_the_bilinear_form_of_the_two_sides() -> None:
         for u in range(m.shape[0]):
             inter[s, u] = sum((m[u] @ p[:, j]) * (c[s] @ q[:, j]) for j in range(k)) / np.sqrt(k)
     without = make(interaction_dim=0)  # same seed: same first layer, trunk and heads
-    for name in ("first", "second", "rank_head", "point_head", "prior_hidden", "prior_out"):
+    for name in (
+        "first",
+        "second",
+        "rank_head",
+        "point_head",
+        "prior_hidden",
+        "prior_out",
+        "competence_proj",
+    ):
         nnx.update(getattr(without, name), nnx.state(getattr(model, name)))
+    comp = jnp.zeros((c.shape[0], m.shape[0], SIZES.competence_dim))
     got = (
-        model.score_all(models, groups)["residual"] - without.score_all(models, groups)["residual"]
+        model.score_all(models, groups, comp)["residual"]
+        - without.score_all(models, groups, comp)["residual"]
     )
     np.testing.assert_allclose(got, inter, rtol=1e-4, atol=1e-4)
     assert np.abs(inter).max() > 0.1
@@ -467,3 +487,24 @@ def test_cold_size_prior_applies_to_models_without_an_id_only(weight: float) -> 
     got = np.asarray(model.model_prior(b) - base.model_prior(b))
     np.testing.assert_allclose(got, np.where(cold, weight * np.asarray(b["log_size"]), 0.0),
                                rtol=1e-6, atol=1e-6)  # fmt: skip
+
+
+def test_cold_episodes_withhold_id_and_history_of_whole_models() -> None:
+    """``cold_model_rate=1``: in training every model is new for all its records, i.e. the
+    forward equals inference on the batch with every model ID set to [UNK] and the competence
+    features replaced by their cold version; rate 0 leaves training equal to inference (no
+    dropout anywhere); the competence input changes the scores."""
+    b = batch(21)
+    off = dict(dropout=0.0, model_id_dropout=0.0, dataset_id_dropout=0.0)
+    cold = make(cold_model_rate=1.0, **off)
+    got = cold(b, train=True, key=jax.random.key(3))["score"]
+    b_cold = dict(b, model_id=jnp.zeros_like(b["model_id"]), competence=b["competence_cold"])
+    want = cold(b_cold)["score"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    warm = make(cold_model_rate=0.0, **off)
+    np.testing.assert_allclose(
+        warm(b, train=True, key=jax.random.key(3))["score"], warm(b)["score"], rtol=1e-5, atol=1e-5
+    )
+    assert not np.allclose(warm(b)["score"], warm(b_cold)["score"], atol=1e-3)
+    with pytest.raises(ValueError, match="cold_model_rate"):
+        make(cold_model_rate=1.5)

@@ -17,6 +17,9 @@ records, ``[R, L]``
   ``group_slot``  int32    row of the groups block
   ``value``       float32  oriented value (higher = better), for ranking order and metrics
   ``z``           float32  within-group z-score of ``value`` (pointwise target)
+  ``competence``  float32  ``[R, L, F]`` the record's competence features (``data.competence``;
+                           NaN = unknown), when the scorer uses them
+  ``competence_cold``  float32  the same as if the model were new (cold-start episodes)
 models, ``[U, ...]``
   ``model_id``     int32    learned-ID row (0 = [UNK]: unseen in training)
   ``name_tokens``  int32    ``[U, T]`` hashed name-token buckets
@@ -38,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 RECORD_KEYS = ("mask", "segment", "model_slot", "group_slot", "value", "z")
+COMPETENCE_KEYS = ("competence", "competence_cold")  # optional record keys [R, L, F]
 MODEL_KEYS = (
     "model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "log_size", "release",
     "family",
@@ -57,6 +61,7 @@ def synthetic_batch(
     vocab: dict[str, int] | None = None,
     pad_fraction: float = 0.25,
     ties: bool = True,
+    competence_dim: int = 0,
 ) -> dict[str, np.ndarray]:
     """A random batch obeying the contract (padding, ties, one group per row), for tests."""
     v = {
@@ -80,7 +85,11 @@ def synthetic_batch(
     std = np.sqrt((((values - mean) * mask) ** 2).sum(1, keepdims=True) / cnt)
     z = np.where(mask, (values - mean) / np.maximum(std, 1e-6), 0.0).astype(np.float32)
     size_bucket = rng.integers(0, v["size"], num_models).astype(np.int32)
-    return {
+    extra = {}
+    for k in COMPETENCE_KEYS if competence_dim else ():
+        x = rng.normal(size=(rows, list_size, competence_dim)).astype(np.float32)
+        extra[k] = np.where(rng.random(x.shape) < 0.3, np.nan, x).astype(np.float32)
+    return extra | {
         "mask": mask,
         "segment": mask.astype(np.int32),
         "model_slot": rng.integers(0, num_models, (rows, list_size)).astype(np.int32),

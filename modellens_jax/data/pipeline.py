@@ -212,6 +212,10 @@ class FeatureTables:
     corpus: Corpus
     model_desc: np.ndarray  # [M, Dm] (Dm may be 0 when descriptions are off)
     dataset_desc: np.ndarray  # [D, Dd]
+    # per-record competence features [N, F] (NaN = unknown) and their cold-start version,
+    # present when the scorer uses them (see attach_competence)
+    competence: np.ndarray | None = None
+    competence_cold: np.ndarray | None = None
 
     def __post_init__(self):
         c = self.corpus
@@ -234,6 +238,19 @@ class FeatureTables:
             "task": np.asarray(c["group_task"]),
             "metric": np.asarray(c["group_metric"]),
         }
+
+    def attach_competence(self) -> FeatureTables:
+        """Computes the records' competence features (``data.competence``, from the training
+        records of other groups) and their cold-start version, for the batches to carry."""
+        from modellens_jax.data import competence
+
+        memory = competence.Memory.of(self)
+        ent = competence.Entities.of(self)
+        self.competence = competence.encode(memory.features(ent, self.rec_model, self.rec_group))
+        self.competence_cold = competence.encode(
+            memory.features(ent, self.rec_model, self.rec_group, cold=True)
+        )
+        return self
 
     def untrained_rows(self, name_buckets: int, num_size_buckets: int) -> dict[str, np.ndarray]:
         """Rows of the categorical embedding tables (family, task, metric, size bucket, name
@@ -319,6 +336,9 @@ class Featurize(grain.transforms.Map):
             out[k] = col[group_of_list]
         ds = t.group_dataset[group_of_list]
         out["dataset_desc"] = np.asarray(t.dataset_desc[ds])
+        if t.competence is not None:
+            for k, table in (("competence", t.competence), ("competence_cold", t.competence_cold)):
+                out[k] = np.where(mask[..., None], table[rec], 0.0).astype(np.float32)
         return out
 
 
