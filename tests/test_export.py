@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from test_model import DESC, SIZES  # the tiny vocabulary sizes both files test with
+from trained_bundle import default_config  # the trained bundle's fixtures live there too
 
 from modellens_jax import export, recommend, score, serve
 from modellens_jax.data import corpus as corpus_lib
@@ -28,17 +29,7 @@ from modellens_jax.data.batch import synthetic_batch
 from modellens_jax.model import MIN_TEMPERATURE, FeatureSizes, Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
-# Until the embedding stage lands, the trained bundle is built without descriptions; flip this
-# one switch to train and serve with them (test_descriptions_path covers them meanwhile).
-DESCRIPTIONS = False
 TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-def default_config(preset: str | None = None) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("_export_cfg", ROOT / "configs" / "default.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(preset)
 
 
 def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
@@ -123,89 +114,7 @@ def test_bucket_sizes() -> None:
     assert all(type(b) is int for b in sizes)
 
 
-# --- (b) train, export, delete the workdir, serve --------------------------------------------
-@pytest.fixture(scope="session")
-def compiled_corpus(tmp_path_factory) -> Path:
-    """The shipped corpus compiled once per session."""
-    from modellens_jax import prepare
-
-    out = tmp_path_factory.mktemp("corpus") / "corpus"
-    prepare.prepare(default_config("tiny").data, out, verbose=False)
-    return out
-
-
-def train_config() -> ml_collections.ConfigDict:
-    cfg = default_config("tiny")
-    cfg.model.use_model_desc = cfg.model.use_dataset_desc = DESCRIPTIONS
-    cfg.train.steps = 2
-    cfg.train.eval_every = cfg.train.checkpoint_every = 1000  # the final step does both
-    cfg.mesh.data = 1  # one device: a third of the 8-device compile time
-    # the opt-in competence features (cold prior kept): the serving path computes them
-    cfg.model.update(use_competence=True, cold_model_rate=0.2)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def trained(compiled_corpus, tmp_path_factory) -> dict:
-    """A bundle exported from a 2-step run, the training scorer's reference scores on random
-    queries, and the workdir already deleted."""
-    from modellens_jax import train
-
-    base = tmp_path_factory.mktemp("trained")
-    wd, bundle = base / "workdir", base / "bundle"
-    shutil.copytree(compiled_corpus, wd / "corpus")
-    result = train.train_and_evaluate(train_config(), wd, verbose=False)
-    assert export.main([f"--workdir={wd}", f"--out={bundle}"]) == 0
-    # The training code's model at the exported (final, only) step.
-    model, _ = nnx.merge(result.graphdef, result.state)
-    corpus, tables = train.load_data(train_config(), wd, verbose=False)
-    c, rng = corpus, np.random.default_rng(1)
-    models = {**tables.model_cols, "model_desc": np.asarray(tables.model_desc, np.float32)}
-    s = 3
-    ds = rng.integers(0, len(c.vocab["datasets"]), s)
-    groups = {
-        "dataset_id": np.asarray(c["dataset_id"])[ds],
-        "dataset_desc": np.asarray(tables.dataset_desc, np.float32)[ds],
-        "task": rng.integers(0, len(c.vocab["tasks"]), s).astype(np.int32),
-        "metric": rng.integers(0, len(c.vocab["metrics"]), s).astype(np.int32),
-    }
-    temperature = float(np.asarray(model.temperature[...]))
-    assert model.use_competence and tables.competence is not None
-    competence = tables.competence.copy()  # the training batches' per-record features
-    shutil.rmtree(wd)
-    return {
-        "bundle": bundle,
-        "groups": groups,
-        "dataset_rows": ds,
-        "model": model,
-        "models": models,
-        "corpus": corpus,
-        "competence": competence,
-        "base": base,
-        "T": temperature,
-        "step": result.step,
-    }
-
-
-@pytest.fixture(scope="module")
-def bundle(request, tmp_path_factory) -> Path:
-    """The exported bundle of ``trained``; with ``MODELLENS_TEST_BUNDLE_CACHE=DIR`` (set by
-    tests/mutation/run.py, one DIR per mutated commit) a private copy of ``DIR/bundle``,
-    exported there once, so a mutant's serving tests load a bundle instead of training one."""
-    cache = os.environ.get("MODELLENS_TEST_BUNDLE_CACHE")
-    if not cache:
-        return request.getfixturevalue("trained")["bundle"]
-    cached = Path(cache) / "bundle"
-    if not (cached / "manifest.json").is_file():
-        tmp = Path(cache) / f"partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(request.getfixturevalue("trained")["bundle"], tmp)
-        os.replace(tmp, cached)  # complete or absent
-    out = tmp_path_factory.mktemp("bundle") / "bundle"
-    shutil.copytree(cached, out)
-    return out
-
-
+# --- (b) train, export, delete the workdir, serve (fixtures: tests/trained_bundle.py) -------
 @pytest.fixture(scope="module")
 def rec(bundle) -> serve.Recommender:
     return serve.Recommender.load(bundle)

@@ -16,18 +16,13 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the service needs the [serve] extra (fastapi, uvicorn)")
-import test_export
 from fastapi.testclient import TestClient
 
 from modellens_jax import atlas, loadtest, recommend, serve_http
 
-# test_export's fixtures: the bundle of a 2-step run on the shipped corpus compiled with `tiny`
-# (a copy of it under MODELLENS_TEST_BUNDLE_CACHE when the mutation runner sets that)
-compiled_corpus, trained, bundle = (
-    test_export.compiled_corpus,
-    test_export.trained,
-    test_export.bundle,
-)
+# The fixtures `trained` and `bundle` (tests/trained_bundle.py, via conftest.py): the bundle of a
+# 2-step run on the shipped corpus compiled with `tiny` (a copy of it under
+# MODELLENS_TEST_BUNDLE_CACHE when the mutation runner sets that).
 ARTIFACTS = Path(os.environ.get("MODELLENS_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 
 
