@@ -986,3 +986,21 @@ def test_task_pool_and_its_model_side_are_cached(rec) -> None:
     again = rec.rank(**q, top_k=3)
     assert rec.known_subset(rows) is pool and pool._side is side
     assert [r.model for r in again] == [r.model for r in first]
+
+
+def test_package_root_serves_and_commands_are_quiet(bundle) -> None:
+    """``from modellens_jax import Recommender`` is the serving API (loaded lazily); a command
+    prints no import noise on stderr (transformers' PyTorch notice, jax's backend probing)."""
+    import modellens_jax
+
+    assert modellens_jax.Recommender is serve.Recommender
+    assert modellens_jax.InputError is serve.InputError
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        modellens_jax.nope  # noqa: B018
+    out = subprocess.run(
+        [sys.executable, "-m", "modellens_jax.recommend", f"--bundle={bundle}", "--list-tasks"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() and "PyTorch was not found" not in out.stderr, out.stderr
+    assert "Unable to initialize backend" not in out.stderr, out.stderr
