@@ -18,12 +18,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from absl import flags
+
 from modellens_jax import cli
 from modellens_jax.data import corpus
 
-# Flags are defined only when this module runs as the command (see the bottom), so that importing
-# ``prepare`` from another command (train.py prepares a corpus on demand) defines no duplicate
-# ``--config`` flag.
 _OVERRIDES_HELP = (
     "JSON object {metric: 1 | -1} merged over config data.direction_overrides, e.g. "
     '\'{"AP@0.5": 1, "perplexity": -1}\' (1 = higher is better, -1 = lower is better).'
@@ -109,19 +108,19 @@ def format_summary(c: corpus.Corpus) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    from absl import flags
+def _define(fv) -> None:
+    cli.config_flag(fv)
+    flags.DEFINE_string("out", None, "Output directory of the compiled corpus.", required=True,
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("direction_overrides", "", _OVERRIDES_HELP, flag_values=fv)
 
-    f = flags.FLAGS
-    c = prepare(f.config.data, f.out, direction_overrides=parse_overrides(f.direction_overrides))
+
+def _run(fv) -> None:
+    c = prepare(fv.config.data, fv.out, direction_overrides=parse_overrides(fv.direction_overrides))
     print(format_summary(c))
 
 
-if __name__ == "__main__":
-    from absl import flags
+main = cli.command(_define, _run, __doc__)
 
-    cli.define_config_flag()
-    flags.DEFINE_string("out", None, "Output directory of the compiled corpus.", required=True)
-    flags.DEFINE_string("direction_overrides", "", _OVERRIDES_HELP)
-    cli.run(main)
+if __name__ == "__main__":
+    sys.exit(main())
