@@ -19,9 +19,13 @@ _os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 _logging.getLogger("jax._src.xla_bridge").setLevel(_logging.WARNING)
 
 
+_FROM = {"Bundle": "bundle", "BundleError": "bundle"}  # the rest from serving.recommender
+
+
 def __getattr__(name: str):
     if name in __all__:
-        from modellens_jax import serve
+        import importlib
 
-        return getattr(serve, name)
+        module = importlib.import_module(f"modellens_jax.serving.{_FROM.get(name, 'recommender')}")
+        return getattr(module, name)
     raise AttributeError(f"module 'modellens_jax' has no attribute {name!r}")

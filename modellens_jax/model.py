@@ -73,6 +73,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from modellens_jax.data import features
+
 Array = jax.Array
 
 # Feature order of the concatenated input (method.md §4); the split first-layer kernel follows it.
@@ -618,27 +620,13 @@ def zero_rows(model: Scorer, rows: Mapping[str, Any]) -> Scorer:
 
 
 def _model_keys(m: Scorer) -> list[str]:
-    keys = ["model_id"]
-    if m.use_model_name:
-        keys += ["name_tokens", "name_mask"]
-    if m.use_model_desc:
-        keys.append("model_desc")
-    if m.use_size_feature:
-        keys += ["size_bucket", "log_size"]
-    if m.use_family:
-        keys.append("family")
-    if m.use_release:
-        keys.append("release")
-    return keys
+    """The models-block inputs ``m`` reads (``features.MODEL_INPUTS`` by its switches)."""
+    return features.used(features.MODEL_INPUTS, lambda switch: getattr(m, switch))
 
 
 def _group_keys(m: Scorer) -> list[str]:
-    keys = ["task", "metric"]
-    if m.use_dataset_id:
-        keys.append("dataset_id")
-    if m.use_dataset_desc:
-        keys.append("dataset_desc")
-    return keys
+    """The groups-block inputs ``m`` reads (``features.CONTEXT_INPUTS`` by its switches)."""
+    return features.used(features.CONTEXT_INPUTS, lambda switch: getattr(m, switch))
 
 
 # ---------------------------------------------------------------------------------- sizes

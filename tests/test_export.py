@@ -22,11 +22,13 @@ from flax import nnx
 from test_model import DESC, SIZES  # the tiny vocabulary sizes both files test with
 from trained_bundle import default_config  # the trained bundle's fixtures live there too
 
-from modellens_jax import export, recommend, score, serve
+from modellens_jax import export
 from modellens_jax.data import corpus as corpus_lib
-from modellens_jax.data import pipeline, schema
+from modellens_jax.data import features, pipeline, schema
 from modellens_jax.data.batch import synthetic_batch
 from modellens_jax.model import MIN_TEMPERATURE, FeatureSizes, Scorer
+from modellens_jax.serving import bench, recommend, recommender, score
+from modellens_jax.serving import bundle as bundle_format
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -40,8 +42,8 @@ def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
 
 def random_blocks(rng: np.random.Generator, u: int, s: int, desc: int = DESC, tokens: int = 4):
     b = synthetic_batch(rng, num_models=u, num_groups=s, desc_dim=desc, name_tokens=tokens)
-    models = {k: b[k] for k in serve.MODEL_INPUTS}
-    groups = {k: b[k] for k in serve.GROUP_INPUTS}
+    models = {k: b[k] for k in features.MODEL_KEYS}
+    groups = {k: b[k] for k in features.CONTEXT_KEYS}
     return models, groups
 
 
@@ -104,20 +106,20 @@ def test_exported_functions_equal_scorer() -> None:
 
 
 def test_bucket_sizes() -> None:
-    sizes = [serve.bucket(n) for n in range(1, 5000)]
+    sizes = [bundle_format.bucket(n) for n in range(1, 5000)]
     assert all(b >= n for n, b in zip(range(1, 5000), sizes))
     assert all(b < max(8.5, 1.5 * n) for n, b in zip(range(1, 5000), sizes))
-    assert len(set(sizes)) < 30 and serve.bucket(47_000) == 49_152
+    assert len(set(sizes)) < 30 and bundle_format.bucket(47_000) == 49_152
     # exactly 2^k and 3·2^(k-1), as Python ints (they become array shapes), both ends inclusive
     want = {1: 8, 8: 8, 9: 12, 12: 12, 13: 16, 16: 16, 17: 24, 24: 24, 25: 32, 96: 96, 97: 128}
-    assert {n: serve.bucket(n) for n in want} == want
+    assert {n: bundle_format.bucket(n) for n in want} == want
     assert all(type(b) is int for b in sizes)
 
 
 # --- (b) train, export, delete the workdir, serve (fixtures: tests/trained_bundle.py) -------
 @pytest.fixture(scope="module")
-def rec(bundle) -> serve.Recommender:
-    return serve.Recommender.load(bundle)
+def rec(bundle) -> recommender.Recommender:
+    return recommender.Recommender.load(bundle)
 
 
 def test_serving_competence_equals_training(trained, rec) -> None:
@@ -168,7 +170,7 @@ def test_bundle_scores_equal_training_scorer(trained, rec) -> None:
     assert not (trained["base"] / "workdir").exists()
     pool = rec.known_models()
     g = trained["groups"]
-    ctx = serve.Contexts(
+    ctx = recommender.Contexts(
         [(None, None, None)] * len(g["task"]), g, [()] * len(g["task"]), trained["dataset_rows"]
     )
     # The training code's scorer on the same inputs (the competence features: see
@@ -205,8 +207,8 @@ def test_bundle_scores_equal_training_scorer(trained, rec) -> None:
 def test_bundle_layout(trained) -> None:
     b = trained["bundle"]
     manifest = json.loads((b / "manifest.json").read_text())
-    assert manifest["format_version"] == serve.FORMAT_VERSION
-    assert set(serve.REQUIRED_FILES) <= set(manifest["files"])
+    assert manifest["format_version"] == bundle_format.FORMAT_VERSION
+    assert set(bundle_format.REQUIRED_FILES) <= set(manifest["files"])
     assert manifest["source"]["step"] == trained["step"] == 2
     from safetensors.numpy import load_file
 
@@ -241,9 +243,9 @@ def test_rank_known_and_unseen(trained, rec, tmp_path) -> None:
         )
         assert (r.prior + r.cold) * trained["T"] == pytest.approx(raw["prior"][i], abs=1e-4)
         assert r.pool == "all known models"
-    # An unknown task is an error naming the closest known ones; --new-task scores it with the
+    # An unknown task is an error naming the closest known ones; --new_task scores it with the
     # pool and context of the nearest known tasks.
-    with pytest.raises(serve.InputError, match=r"--task='No Such Task': not in this bundle"):
+    with pytest.raises(recommender.InputError, match=r"--task='No Such Task': not in this bundle"):
         rec.rank(dataset_desc="Legal contracts NER", task="No Such Task", metric=v["metrics"][1])
     res = rec.rank(dataset_desc="Legal contracts NER", task="No Such Task",
                    metric=v["metrics"][1], new_task=True)  # fmt: skip
@@ -349,15 +351,15 @@ def test_clis_serve_from_the_bundle_alone(trained, tmp_path) -> None:
     # flax, orbax, grain nor the training/model code.
     argv = [
         f"--bundle={b}",
-        "--dataset-desc=Chat benchmark",
+        "--dataset_desc=Chat benchmark",
         f"--task={vocab['tasks'][1]}",
         "--metric=accuracy",
         f"--candidates={models}",
-        "--top-k=3",
+        "--top_k=3",
         "--json",
     ]
     check = (
-        "import sys; from modellens_jax import recommend\n"
+        "import sys; from modellens_jax.serving import recommend\n"
         f"assert recommend.main({argv!r}) == 0\n"
         "bad = [m for m in ('flax', 'orbax', 'grain', 'optax', 'modellens_jax.train', "
         "'modellens_jax.model', 'modellens_jax.checkpointing') if m in sys.modules]\n"
@@ -390,18 +392,18 @@ def test_cli_errors_name_file_row_field(trained, tmp_path, capsys) -> None:
     assert score.main([f"--bundle={b}", f"--pairs={bad}", f"--out={out}"]) == 2
     assert "missing column(s) 'metric'" in capsys.readouterr().err
     models.write_text("model,params\nnever-seen-model,seven\n")
-    assert recommend.main([f"--bundle={b}", "--dataset-desc=d", f"--candidates={models}"]) == 2
+    assert recommend.main([f"--bundle={b}", "--dataset_desc=d", f"--candidates={models}"]) == 2
     err = capsys.readouterr().err
     assert "models.csv row 1" in err and "field 'params'" in err
     models.write_text("model,release_date\nnever-seen-model,last spring\n")
-    assert recommend.main([f"--bundle={b}", "--dataset-desc=d", f"--candidates={models}"]) == 2
+    assert recommend.main([f"--bundle={b}", "--dataset_desc=d", f"--candidates={models}"]) == 2
     err = capsys.readouterr().err
     assert "models.csv row 1" in err and "field 'release_date'" in err
 
 
 def test_rank_filters_at_the_boundaries(rec) -> None:
-    """Kills the mutants "``params < max_params``" (exactly-7B dropped by ``--max-params=7``)
-    and "``min_params`` ignores ``keep_unknown_size``" (serve.py ``Recommender.rank``): the
+    """Kills the mutants "``params < max_params``" (exactly-7B dropped by ``--max_params=7``)
+    and "``min_params`` ignores ``keep_unknown_size``" (recommender.py ``Recommender.rank``): the
     bounds are inclusive, and unknown sizes follow ``keep_unknown_size`` for either bound."""
     v = rec.bundle.vocab
     sizes = {"acme/m-69": "6.9", "acme/m-7": "7", "acme/m-71": "7.1", "acme/m-70": "70",
@@ -429,7 +431,7 @@ def _known_dataset(rec) -> str:
 
 
 def test_rank_results_follow_the_score_matrix(rec) -> None:
-    """Kills the mutants of ``serve.Recommender.rank`` in what it reports: for a known and a
+    """Kills the mutants of ``recommender.Recommender.rank`` in what it reports: for a known and a
     description-only query over every known model, the results are the pool in descending
     score with ties in pool order (a numpy stable argsort of ``score_matrix``), ranks 1..n,
     ``top_k`` (None and 0 = all), and each field from the pool and the score matrix: the cold
@@ -437,7 +439,7 @@ def test_rank_results_follow_the_score_matrix(rec) -> None:
     ``raw prior / T - cold`` and the residual (T and the prior weight read from the bundle's
     files), the unknown features of model and query, known, family, size, description, pool."""
     v, t = rec.bundle.vocab, rec.bundle.tables
-    T = max(float(np.asarray(rec.bundle.params["temperature"])), serve.MIN_TEMPERATURE)
+    T = max(float(np.asarray(rec.bundle.params["temperature"])), recommender.MIN_TEMPERATURE)
     weight = float(rec.bundle.config["model"]["cold_size_prior"])
     pool = rec.known_models()
     a = pool.arrays
@@ -471,7 +473,7 @@ def test_rank_results_follow_the_score_matrix(rec) -> None:
 
 
 def test_rank_candidates_and_query_checks(rec) -> None:
-    """Kills the mutants of ``serve.Recommender.rank`` in how it passes the query on: explicit
+    """Kills the mutants of ``recommender.Recommender.rank`` in how it passes the query on: explicit
     candidates (a pool or rows) are ranked with reason "given as a candidate", also without a
     task; without candidates a query needs its task; the task of a known dataset is its own;
     the pool, metric, dataset and description checks and ``check_query`` apply to ``rank``."""
@@ -497,7 +499,7 @@ def test_rank_candidates_and_query_checks(rec) -> None:
     res = rec.rank(dataset_desc="Some new data.", candidates=rows, top_k=0)
     assert {r.model for r in res} == set(pool.names)
     assert all(r.pool == "given as a candidate" and "task" in r.unknown for r in res)
-    with pytest.raises(serve.InputError, match=r"--task: missing"):
+    with pytest.raises(recommender.InputError, match=r"--task: missing"):
         rec.rank(dataset_desc="Some new data.", metric=metric)
     # the checks of resolve_query and check_query, through rank
     q = {"task": task, "metric": metric}
@@ -505,13 +507,13 @@ def test_rank_candidates_and_query_checks(rec) -> None:
         ({"dataset_desc": "d", "pool": "everything"}, r"--pool='everything'"),
         ({"dataset_desc": "d", "metric": "nope@1"}, r"--metric='nope@1': not in this bundle"),
         ({"dataset_desc": "d", "task": "No Such Task"}, r"--task='No Such Task': not in this"),
-        ({"dataset": "no-such-set"}, r"--dataset='no-such-set'.*needs --dataset-desc"),
-        ({"dataset_desc": "   "}, r"--dataset-desc: empty"),
-        ({"dataset_desc": "x" * (serve.MAX_QUERY_TEXT + 1)}, r"--dataset-desc: 1,048,577"),
-        ({"dataset_desc": "d", "top_k": -1}, r"--top-k=-1"),
-        ({"dataset_desc": "d", "min_params": 8, "max_params": 7}, r"--min-params=8 > --max"),
+        ({"dataset": "no-such-set"}, r"--dataset='no-such-set'.*needs --dataset_desc"),
+        ({"dataset_desc": "   "}, r"--dataset_desc: empty"),
+        ({"dataset_desc": "x" * (recommender.MAX_QUERY_TEXT + 1)}, r"--dataset_desc: 1,048,577"),
+        ({"dataset_desc": "d", "top_k": -1}, r"--top_k=-1"),
+        ({"dataset_desc": "d", "min_params": 8, "max_params": 7}, r"--min_params=8 > --max"),
     ):
-        with pytest.raises(serve.InputError, match=match):
+        with pytest.raises(recommender.InputError, match=match):
             rec.rank(**{**q, **kw})
     # a new dataset with a description is accepted; its known name alone too
     assert rec.rank(dataset="no-such-set", dataset_desc="A new set.", **q, top_k=2)
@@ -519,7 +521,7 @@ def test_rank_candidates_and_query_checks(rec) -> None:
 
 
 def test_rank_family_filter_is_case_insensitive(rec) -> None:
-    """Kills the ``families`` mutants of ``serve.Recommender.rank``: names match whatever
+    """Kills the ``families`` mutants of ``recommender.Recommender.rank``: names match whatever
     their case on either side, several families may be given, an empty list keeps nothing."""
     v = rec.bundle.vocab
     rows = [{"model": "a-1", "family": "Alpha"}, {"model": "b-1", "family": "beta"},
@@ -539,7 +541,7 @@ def test_rank_family_filter_is_case_insensitive(rec) -> None:
 
 
 def test_rank_ties_defaults_caching_and_the_query_text(rec) -> None:
-    """Kills the remaining ``serve.Recommender.rank`` mutants: equal scores keep pool order
+    """Kills the remaining ``recommender.Recommender.rank`` mutants: equal scores keep pool order
     (20 copies each of three candidates, interleaved: a non-stable argsort reorders them); the
     default ``top_k`` is 10 and ``new_task`` off; ``cached=False`` scores without storing the
     pool's model side, the default stores it; size and family filters combine; an empty pool
@@ -551,7 +553,7 @@ def test_rank_ties_defaults_caching_and_the_query_text(rec) -> None:
                            {"model": "zzqx-b", "family": "zzqx", "params": "70"},
                            {"model": v["models"][0]}])  # fmt: skip
     idx = np.tile(np.arange(3), 20)
-    copies = serve.ModelPool(
+    copies = recommender.ModelPool(
         names=[f"{base.names[i]}#{j}" for j, i in enumerate(idx)],
         arrays={k: x[idx] for k, x in base.arrays.items()}, params=base.params[idx],
         families=[base.families[i] for i in idx], known=base.known[idx],
@@ -568,7 +570,7 @@ def test_rank_ties_defaults_caching_and_the_query_text(rec) -> None:
     assert [r.model for r in rec.rank(**q, candidates=copies, top_k=0)] == [r.model for r in res]
     assert copies._side is not None  # the default caches the model side
     assert len(rec.rank(**q, pool="all")) == 10
-    with pytest.raises(serve.InputError, match=r"--task='No Such Task': not in this bundle"):
+    with pytest.raises(recommender.InputError, match=r"--task='No Such Task': not in this bundle"):
         rec.rank(dataset_desc="Legal contracts NER", task="No Such Task", metric=q["metric"])
     res = rec.rank(dataset_desc="Legal contracts NER", task="No Such Task", metric=q["metric"],
                    new_task=True, top_k=3)  # fmt: skip
@@ -588,7 +590,7 @@ def test_rank_ties_defaults_caching_and_the_query_text(rec) -> None:
         texts.extend(batch)
         return np.zeros((len(batch), rec.dataset_desc_dim), np.float32)
 
-    r2 = serve.Recommender(rec.bundle, embedder=embedder)
+    r2 = recommender.Recommender(rec.bundle, embedder=embedder)
     r2.features = {**r2.features, "dataset_desc": True}
     res = r2.rank(dataset_desc="Legal contracts NER", task=q["task"], metric=q["metric"], top_k=1)
     assert any("Legal contracts NER" in x for x in texts), texts
@@ -596,25 +598,25 @@ def test_rank_ties_defaults_caching_and_the_query_text(rec) -> None:
 
 
 def test_check_query_refuses_exactly_the_impossible_queries() -> None:
-    """Kills the mutants of ``serve.check_query``: ``top_k`` a whole number >= 0 (0 and None =
+    """Kills the mutants of ``recommender.check_query``: ``top_k`` a whole number >= 0 (0 and None =
     all; booleans, fractions and negatives refused), each size bound finite and >= 0 (0 and
     the bounds themselves accepted), and ``min_params <= max_params`` (equal accepted)."""
     ok = [(None, None, None), (0, None, None), (1, None, None), (10, 0.0, 0.0), (3.0, None, 5),
           (None, 0, None), (None, None, 0), (None, 7, 7), (None, 6.9, 7.1), (None, 1e9, None),
           (np.int64(2), np.float32(1), np.float64(2))]  # fmt: skip
     for q in ok:
-        assert serve.check_query(*q) is None, q
+        assert recommender.check_query(*q) is None, q
     bad = {
-        (True, None, None): "--top-k=True", (False, None, None): "--top-k=False",
-        (-1, None, None): "--top-k=-1", (2.5, None, None): "--top-k=2.5",
-        (None, -0.5, None): "--min-params=-0.5", (None, None, -1): "--max-params=-1",
-        (None, float("nan"), None): "--min-params=nan", (None, None, float("inf")): "--max-params=inf",
-        (None, float("-inf"), None): "--min-params=-inf",
-        (None, 7.5, 7): "--min-params=7.5 > --max-params=7", (None, 1, 0): "--min-params=1 >",
+        (True, None, None): "--top_k=True", (False, None, None): "--top_k=False",
+        (-1, None, None): "--top_k=-1", (2.5, None, None): "--top_k=2.5",
+        (None, -0.5, None): "--min_params=-0.5", (None, None, -1): "--max_params=-1",
+        (None, float("nan"), None): "--min_params=nan", (None, None, float("inf")): "--max_params=inf",
+        (None, float("-inf"), None): "--min_params=-inf",
+        (None, 7.5, 7): "--min_params=7.5 > --max_params=7", (None, 1, 0): "--min_params=1 >",
     }  # fmt: skip
     for q, msg in bad.items():
-        with pytest.raises(serve.InputError) as info:
-            serve.check_query(*q)
+        with pytest.raises(recommender.InputError) as info:
+            recommender.check_query(*q)
         assert str(info.value).startswith(msg), (q, str(info.value))
 
 
@@ -626,9 +628,9 @@ def test_router_pools(rec) -> None:
     assert doc["controller"]["weak_model"] in {r.model for r in res[1:]}
     assert doc["controller"]["routers"] == ["mf"] and "--strong-model" in doc["server_command"]
     sized = [
-        serve.Recommendation(1, "big", 1.0, 0, 0, (), True, "f", 70.0, "Big."),
-        serve.Recommendation(2, "bigger", 0.9, 0, 0, (), True, "f", 400.0, "Bigger."),
-        serve.Recommendation(3, "small", 0.8, 0, 0, (), True, "f", 7.0, "Small."),
+        recommender.Recommendation(1, "big", 1.0, 0, 0, (), True, "f", 70.0, "Big."),
+        recommender.Recommendation(2, "bigger", 0.9, 0, 0, (), True, "f", 400.0, "Bigger."),
+        recommender.Recommendation(3, "small", 0.8, 0, 0, (), True, "f", 7.0, "Small."),
     ]
     assert recommend.routellm_config(sized)["controller"]["weak_model"] == "small"
     llm = json.loads(recommend.render(sized, {}, "llmrouter"))
@@ -646,20 +648,22 @@ def test_tampered_or_incomplete_bundle_is_refused(bundle, tmp_path) -> None:
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0x01  # one byte of a parameter
     f.write_bytes(bytes(data))
-    with pytest.raises(serve.BundleError, match=r"params\.safetensors: sha256 checksum mismatch"):
-        serve.Recommender.load(b)
-    assert recommend.main([f"--bundle={b}", "--dataset-desc=x"]) == 2
+    with pytest.raises(
+        bundle_format.BundleError, match=r"params\.safetensors: sha256 checksum mismatch"
+    ):
+        recommender.Recommender.load(b)
+    assert recommend.main([f"--bundle={b}", "--dataset_desc=x"]) == 2
 
     shutil.rmtree(b)
     shutil.copytree(bundle, b)
     (b / "scorer.jaxexport").unlink()
-    with pytest.raises(serve.BundleError, match=r"scorer\.jaxexport: missing.*incomplete"):
-        serve.Recommender.load(b)
+    with pytest.raises(bundle_format.BundleError, match=r"scorer\.jaxexport: missing.*incomplete"):
+        recommender.Recommender.load(b)
     (b / "manifest.json").unlink()
-    with pytest.raises(serve.BundleError, match=r"manifest\.json: missing"):
-        serve.Bundle.load(b)
-    with pytest.raises(serve.BundleError, match="no such bundle"):
-        serve.verify(tmp_path / "nowhere")
+    with pytest.raises(bundle_format.BundleError, match=r"manifest\.json: missing"):
+        bundle_format.Bundle.load(b)
+    with pytest.raises(bundle_format.BundleError, match="no such bundle"):
+        bundle_format.verify(tmp_path / "nowhere")
 
 
 def _edited_copy(bundle: Path, tmp_path: Path, name: str, edit) -> Path:
@@ -680,14 +684,14 @@ def _manifest_edit(change):
 
 
 def test_verify_checks_the_manifest_and_every_listed_file(bundle, tmp_path) -> None:
-    """Kills the mutants of ``serve.verify``: the manifest is returned as written; a bundle
+    """Kills the mutants of ``bundle_format.verify``: the manifest is returned as written; a bundle
     path that is a file, an unreadable or non-UTF-8 manifest, another format, another format
     version, a manifest without its file list or missing one required file, a listed file
     absent, one byte longer, or changed at the same size: each refused naming its cause."""
-    assert serve.verify(bundle) == json.loads((bundle / "manifest.json").read_text())
-    assert serve.verify(str(bundle))["format_version"] == serve.FORMAT_VERSION
-    with pytest.raises(serve.BundleError, match="no such bundle directory"):
-        serve.verify(bundle / "vocab.json")
+    assert bundle_format.verify(bundle) == json.loads((bundle / "manifest.json").read_text())
+    assert bundle_format.verify(str(bundle))["format_version"] == bundle_format.FORMAT_VERSION
+    with pytest.raises(bundle_format.BundleError, match="no such bundle directory"):
+        bundle_format.verify(bundle / "vocab.json")
     cases = {
         "not json": ("manifest.json", lambda f: f.write_text("{not json"), "unreadable"),
         "not utf-8": ("manifest.json", lambda f: f.write_bytes(b'{"a": "\xff"}'), "unreadable"),
@@ -697,8 +701,8 @@ def test_verify_checks_the_manifest_and_every_listed_file(bundle, tmp_path) -> N
         "no format": ("manifest.json", _manifest_edit(lambda m: m.pop("format")),
                       "not a modellens-bundle"),
         "version": ("manifest.json",
-                    _manifest_edit(lambda m: m.update(format_version=serve.FORMAT_VERSION - 1)),
-                    f"format_version {serve.FORMAT_VERSION - 1}; this reader understands"),
+                    _manifest_edit(lambda m: m.update(format_version=bundle_format.FORMAT_VERSION - 1)),
+                    f"format_version {bundle_format.FORMAT_VERSION - 1}; this reader understands"),
         "no version": ("manifest.json", _manifest_edit(lambda m: m.pop("format_version")),
                        "format_version None"),
         "no files": ("manifest.json", _manifest_edit(lambda m: m.pop("files")),
@@ -721,20 +725,20 @@ def test_verify_checks_the_manifest_and_every_listed_file(bundle, tmp_path) -> N
     }  # fmt: skip
     for name, edit, match in cases.values():
         b = _edited_copy(bundle, tmp_path, name, edit)
-        with pytest.raises(serve.BundleError, match=match):
-            serve.verify(b)
+        with pytest.raises(bundle_format.BundleError, match=match):
+            bundle_format.verify(b)
         shutil.rmtree(b)
     # an extra file, listed with its size and digest, is checked like the required ones
     b = _edited_copy(bundle, tmp_path, "extra.txt", lambda f: f.write_text("x"))
     _manifest_edit(lambda m: m["files"].update({"extra.txt": {"bytes": 2, "sha256": "0"}}))(
         b / "manifest.json"
     )
-    with pytest.raises(serve.BundleError, match=r"extra\.txt: 1 bytes, manifest says 2"):
-        serve.verify(b)
+    with pytest.raises(bundle_format.BundleError, match=r"extra\.txt: 1 bytes, manifest says 2"):
+        bundle_format.verify(b)
 
 
 def test_bundle_load_verifies_by_default_and_reads_every_part(bundle, tmp_path) -> None:
-    """Kills the mutants of ``serve.Bundle.load``: it verifies unless ``check=False`` (a bundle
+    """Kills the mutants of ``bundle_format.Bundle.load``: it verifies unless ``check=False`` (a bundle
     whose bytes no longer match is refused by default and loaded without the check), every
     part is the file's content (manifest, config, encoder, vocabulary, texts, tables and
     parameters compared with json / safetensors reads of the files, the functions deserialized
@@ -742,7 +746,7 @@ def test_bundle_load_verifies_by_default_and_reads_every_part(bundle, tmp_path) 
     function is still one BundleError naming the file."""
     from safetensors.numpy import load_file
 
-    b = serve.Bundle.load(bundle)
+    b = bundle_format.Bundle.load(bundle)
     assert b.path == Path(bundle)
     for name, got in (("manifest.json", b.manifest), ("config.json", b.config),
                       ("encoder.json", b.encoder), ("vocab.json", b.vocab),
@@ -754,21 +758,21 @@ def test_bundle_load_verifies_by_default_and_reads_every_part(bundle, tmp_path) 
         for k, v in want.items():
             np.testing.assert_array_equal(np.asarray(got[k]), v, err_msg=k)
     assert all(isinstance(x, jax.Array) for x in b.params.values())
-    assert set(b.functions) == set(b.exported) == set(serve.FUNCTIONS)
+    assert set(b.functions) == set(b.exported) == set(bundle_format.FUNCTIONS)
     for k, e in b.exported.items():
         assert isinstance(e, jax.export.Exported), k
-        want = jax.export.deserialize(bytearray((bundle / serve.FUNCTIONS[k]).read_bytes()))
+        want = jax.export.deserialize(bytearray((bundle / bundle_format.FUNCTIONS[k]).read_bytes()))
         assert e.mlir_module_serialized == want.mlir_module_serialized, k
-    side = b.functions["model_side"](b.params, serve.Recommender(b).known_models().padded())
+    side = b.functions["model_side"](b.params, recommender.Recommender(b).known_models().padded())
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(side))
     # a changed byte: refused by default, loaded with check=False
     changed = _edited_copy(bundle, tmp_path, "texts.json",
                            lambda f: f.write_bytes(f.read_bytes().replace(b"e", b"E", 1)))  # fmt: skip
-    with pytest.raises(serve.BundleError, match=r"texts\.json: sha256 checksum mismatch"):
-        serve.Bundle.load(changed)
-    with pytest.raises(serve.BundleError, match=r"texts\.json: sha256 checksum mismatch"):
-        serve.Recommender.load(changed)
-    assert serve.Bundle.load(changed, check=False).texts == json.loads(
+    with pytest.raises(bundle_format.BundleError, match=r"texts\.json: sha256 checksum mismatch"):
+        bundle_format.Bundle.load(changed)
+    with pytest.raises(bundle_format.BundleError, match=r"texts\.json: sha256 checksum mismatch"):
+        recommender.Recommender.load(changed)
+    assert bundle_format.Bundle.load(changed, check=False).texts == json.loads(
         (changed / "texts.json").read_text()
     )
     for name, content, match in (
@@ -779,12 +783,12 @@ def test_bundle_load_verifies_by_default_and_reads_every_part(bundle, tmp_path) 
         ("score_pairs.jaxexport", b"not a flatbuffer", r"score_pairs\.jaxexport: cannot deserialize"),
     ):  # fmt: skip
         bad = _edited_copy(bundle, tmp_path, name, lambda f, c=content: f.write_bytes(c))
-        with pytest.raises(serve.BundleError, match=match):
-            serve.Bundle.load(bad, check=False)
+        with pytest.raises(bundle_format.BundleError, match=match):
+            bundle_format.Bundle.load(bad, check=False)
         shutil.rmtree(bad)
     gone = _edited_copy(bundle, tmp_path, "vocab.json", lambda f: f.unlink())
-    with pytest.raises(serve.BundleError, match=r"vocab\.json: unreadable"):
-        serve.Bundle.load(gone, check=False)
+    with pytest.raises(bundle_format.BundleError, match=r"vocab\.json: unreadable"):
+        bundle_format.Bundle.load(gone, check=False)
 
 
 def test_export_refuses_bad_inputs(tmp_path, capsys) -> None:
@@ -796,8 +800,8 @@ def test_bench_rank_reports_latency(rec, monkeypatch) -> None:
     """Each reported latency times what its name says: on a fake clock that only the wrapped
     calls advance (cached rank 7 ms, uncached rank 40 ms, model-side precompute 25 ms), the
     report gives exactly those numbers, and each path ran once to compile plus ``repeats``."""
-    out = serve.bench_rank(rec, n_candidates=300, repeats=2)  # real clock
-    assert out["n_candidates"] == 300 and out["padded_to"] == serve.bucket(300)
+    out = bench.bench_rank(rec, n_candidates=300, repeats=2)  # real clock
+    assert out["n_candidates"] == 300 and out["padded_to"] == bundle_format.bucket(300)
     for k in ("cached", "uncached", "model_side_precompute"):
         t = out[k]
         assert 0 < t["min_ms"] <= t["median_ms"] <= t["max_ms"] and t["repeats"] == 2
@@ -820,10 +824,10 @@ def test_bench_rank_reports_latency(rec, monkeypatch) -> None:
             now[0] += 0.025
         return res
 
-    monkeypatch.setattr(serve, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     monkeypatch.setattr(rec, "rank", fake_rank)
     monkeypatch.setattr(rec, "model_side", fake_model_side)
-    out = serve.bench_rank(rec, n_candidates=300, repeats=3)
+    out = bench.bench_rank(rec, n_candidates=300, repeats=3)
     for k, ms in (("cached", 7.0), ("uncached", 40.0), ("model_side_precompute", 25.0)):
         t = out[k]
         assert t["median_ms"] == t["min_ms"] == t["max_ms"] == pytest.approx(ms), k
@@ -876,7 +880,7 @@ def test_descriptions_path(compiled_corpus, tmp_path, monkeypatch) -> None:
             ]
         ).astype(np.float32)
 
-    rec = serve.Recommender.load(b, embedder=fake_embed)
+    rec = recommender.Recommender.load(b, embedder=fake_embed)
     known_ds = corpus.vocab["datasets"][4]
     task, metric = corpus.vocab["tasks"][1], corpus.vocab["metrics"][1]
     rows = [
@@ -913,7 +917,7 @@ def test_descriptions_path(compiled_corpus, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MODELLENS_CACHE", str(tmp_path / "cache"))
     info = json.loads((b / "encoder.json").read_text())
     assert info["identity"].startswith("bert-6x384-") and info["dim"] == d
-    real = serve.Recommender.load(b)
+    real = recommender.Recommender.load(b)
     ctx = real.contexts([{"dataset": "New Set", "dataset_desc": "Some text.", "task": task}])
     vec = embed.embed_texts(["New Set (" + task + "). Some text."])[0][0]
     np.testing.assert_allclose(ctx.arrays["dataset_desc"][0], vec.astype(np.float16), atol=1e-6)
@@ -952,26 +956,30 @@ def test_default_pool_holds_only_models_with_records_on_the_task(
         assert all(r.pool.startswith("records on ") and r.pool.endswith(" tasks") for r in wide)
         every = rec.rank(dataset_desc="d", task=task, metric=v["metrics"][1], top_k=0, pool="all")
         assert len(every) == len(v["models"])
-    # Unknown names are errors naming the closest known ones; --list-tasks prints the tasks.
+    # Unknown names are errors naming the closest known ones; --list_tasks prints the tasks.
     task = v["tasks"][1]
-    with pytest.raises(serve.InputError, match=r"--task='.*': not in this bundle; closest: '"):
+    with pytest.raises(
+        recommender.InputError, match=r"--task='.*': not in this bundle; closest: '"
+    ):
         rec.rank(dataset_desc="d", task=task.upper() + "x", metric=v["metrics"][1])
-    with pytest.raises(serve.InputError, match=r"--metric='nope@10': not in this bundle"):
+    with pytest.raises(recommender.InputError, match=r"--metric='nope@10': not in this bundle"):
         rec.rank(dataset_desc="d", task=task, metric="nope@10")
-    with pytest.raises(serve.InputError, match=r"--dataset='no-such-set'.*needs --dataset-desc"):
+    with pytest.raises(
+        recommender.InputError, match=r"--dataset='no-such-set'.*needs --dataset_desc"
+    ):
         rec.rank(dataset="no-such-set", task=task, metric=v["metrics"][1])
-    with pytest.raises(serve.InputError, match=r"--dataset-desc: empty"):
+    with pytest.raises(recommender.InputError, match=r"--dataset_desc: empty"):
         rec.rank(dataset_desc="  ", task=task, metric=v["metrics"][1])
-    with pytest.raises(serve.InputError, match=r"--dataset-desc: 10,485,760 characters"):
+    with pytest.raises(recommender.InputError, match=r"--dataset_desc: 10,485,760 characters"):
         rec.rank(dataset_desc="x" * (10 << 20), task=task, metric=v["metrics"][1])
-    with pytest.raises(serve.InputError, match=r"--pool='x'"):
+    with pytest.raises(recommender.InputError, match=r"--pool='x'"):
         rec.rank(dataset_desc="d", task=task, metric=v["metrics"][1], pool="x")
     b = trained["bundle"]
-    assert recommend.main([f"--bundle={b}", "--list-tasks"]) == 0
+    assert recommend.main([f"--bundle={b}", "--list_tasks"]) == 0
     assert capsys.readouterr().out.split("\n")[:-1] == v["tasks"][1:]
-    assert recommend.main([f"--bundle={b}", "--dataset-desc=d", "--task=zz-unheard"]) == 2
+    assert recommend.main([f"--bundle={b}", "--dataset_desc=d", "--task=zz-unheard"]) == 2
     assert "error: --task='zz-unheard': not in this bundle" in capsys.readouterr().err
-    assert serve.MIN_TEMPERATURE == MIN_TEMPERATURE
+    assert recommender.MIN_TEMPERATURE == MIN_TEMPERATURE
 
 
 def test_task_pool_and_its_model_side_are_cached(rec) -> None:
@@ -993,12 +1001,12 @@ def test_package_root_serves_and_commands_are_quiet(bundle) -> None:
     prints no import noise on stderr (transformers' PyTorch notice, jax's backend probing)."""
     import modellens_jax
 
-    assert modellens_jax.Recommender is serve.Recommender
-    assert modellens_jax.InputError is serve.InputError
+    assert modellens_jax.Recommender is recommender.Recommender
+    assert modellens_jax.InputError is recommender.InputError
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         modellens_jax.nope  # noqa: B018
     out = subprocess.run(
-        [sys.executable, "-m", "modellens_jax.recommend", f"--bundle={bundle}", "--list-tasks"],
+        [sys.executable, "-m", "modellens_jax.recommend", f"--bundle={bundle}", "--list_tasks"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

@@ -110,8 +110,10 @@ def test_sparse_embeddings_train_and_resume(corpus_dir, tmp_path):  # noqa: F811
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(a))
     # the sparse optimizer's moments stay out of the exported bundle
-    from modellens_jax import export, serve
+    from modellens_jax import export
+    from modellens_jax.serving import recommender
 
     bundle = export.export(wd, tmp_path / "bundle", platforms=["cpu"])
-    ranked = serve.Recommender.load(bundle).rank(task="Retrieval", metric="ndcg_at_10", top_k=3)
+    rec = recommender.Recommender.load(bundle)
+    ranked = rec.rank(task="Retrieval", metric="ndcg_at_10", top_k=3)
     assert len(ranked) == 3

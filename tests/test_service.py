@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("fastapi", reason="the service needs the [serve] extra (fastapi, uvicorn)")
 from fastapi.testclient import TestClient
 
-from modellens_jax import atlas, loadtest, recommend, serve_http
+from modellens_jax.serving import atlas, loadtest, recommend
+from modellens_jax.serving import http as serve_http
 
 # The fixtures `trained` and `bundle` (tests/trained_bundle.py, via conftest.py): the bundle of a
 # 2-step run on the shipped corpus compiled with `tiny` (a copy of it under
@@ -62,14 +63,14 @@ def test_recommend_answers_what_the_cli_prints(bundle, client, query, tmp_path) 
     for fmt in recommend.FORMATS:
         r = client.post("/recommend", json={**body, "format": fmt})
         assert r.status_code == 200, r.text
-        assert r.text == cli([b, *q, "--top-k=5", f"--format={fmt}"], tmp_path)
+        assert r.text == cli([b, *q, "--top_k=5", f"--format={fmt}"], tmp_path)
     doc = client.post("/recommend", json=body).json()  # json is the default format
     assert [x["rank"] for x in doc["results"]] == [1, 2, 3, 4, 5]
     assert {"prior", "residual", "score", "pool", "unknown"} <= set(doc["results"][0])
     # pools and filters as the CLI's flags
     r = client.post("/recommend", json={**body, "pool": "all", "top_k": 0, "max_params": 1.5,
                                         "families": "vit,resnet"})  # fmt: skip
-    want = cli([b, *q, "--pool=all", "--top-k=0", "--max-params=1.5", "--families=vit,resnet",
+    want = cli([b, *q, "--pool=all", "--top_k=0", "--max_params=1.5", "--families=vit,resnet",
                 "--json"], tmp_path)  # fmt: skip
     assert r.text == want
 
@@ -122,7 +123,7 @@ def test_bad_requests_get_one_line(bundle, client, query, capsys) -> None:
     typed = err(client.post("/recommend", json={**query, "top_k": "many"}), 422)
     assert typed["field"] == "top_k" and typed["detail"].startswith("top_k: Input should be")
     too_big = err(post(b" " * (10 * 1000 * 1000)), 413)
-    assert too_big["detail"] == "body: larger than 4,194,304 bytes (the service's --max-body-bytes)"
+    assert too_big["detail"] == "body: larger than 4,194,304 bytes (the service's --max_body_bytes)"
     chunked = client.post("/recommend", content=iter([b" " * (1 << 20)] * 6),
                           headers={"Content-Type": "application/json"})  # fmt: skip
     assert err(chunked, 413)["detail"] == too_big["detail"]
@@ -132,12 +133,12 @@ def test_bad_requests_get_one_line(bundle, client, query, capsys) -> None:
     for field, value, flag in (
         ("task", "zz-unheard", "--task"),
         ("metric", "nope@10", "--metric"),
-        ("top_k", -1, "--top-k"),
-        ("min_params", -2, "--min-params"),
+        ("top_k", -1, "--top_k"),
+        ("min_params", -2, "--min_params"),
     ):
         r = err(client.post("/recommend", json={**query, "dataset_desc": "d", field: value}), 422)
         assert r["field"] == field
-        argv = [f"--bundle={bundle}", "--dataset-desc=d", f"--task={query['task']}",
+        argv = [f"--bundle={bundle}", "--dataset_desc=d", f"--task={query['task']}",
                 f"--dataset={query['dataset']}", f"--metric={query['metric']}", f"{flag}={value}"]  # fmt: skip
         capsys.readouterr()
         assert recommend.main(argv) == 2
@@ -146,7 +147,7 @@ def test_bad_requests_get_one_line(bundle, client, query, capsys) -> None:
     assert pool == {
         "detail": "--pool='everything': expected one of task, modality, all",
         "field": "pool",
-    }  # fmt: skip (the CLI's argparse refuses it before serve)
+    }  # fmt: skip (the CLI's flag parser refuses it before serving)
     assert err(client.get("/nope"), 404)["detail"] == "Not Found"
 
 
@@ -226,7 +227,7 @@ def test_projection_is_deterministic() -> None:
 
 
 def test_atlas_cli_exports(bundle, service, tmp_path, capsys) -> None:
-    b, cache = f"--bundle={bundle}", f"--cache-dir={service.atlas_cache}"
+    b, cache = f"--bundle={bundle}", f"--cache_dir={service.atlas_cache}"
     for name in ("atlas.png", "atlas.html", "atlas.json"):
         assert atlas.main([b, cache, "--method=pca", f"--out={tmp_path / name}"]) == 0
     assert (tmp_path / "atlas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -299,7 +300,7 @@ def test_page_and_atlas_in_headless_chromium(server, bundle, service, query, tmp
 
     desc = "Photographs of 200 bird species, fine-grained classification."
     argv = [f"--bundle={bundle}", f"--task={query['task']}", f"--metric={query['metric']}",
-            f"--dataset={query['dataset']}", f"--dataset-desc={desc}"]  # fmt: skip
+            f"--dataset={query['dataset']}", f"--dataset_desc={desc}"]  # fmt: skip
     want = json.loads(cli([*argv, "--json"], tmp_path))["results"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     downloads = tmp_path / "downloads"
@@ -326,7 +327,7 @@ def test_page_and_atlas_in_headless_chromium(server, bundle, service, query, tmp
         got = downloads / "routellm_config.json"
         wait.until(lambda d: got.is_file() and got.stat().st_size)
         assert got.read_text().rstrip("\n") == cli(
-            [*argv, "--format=routellm", "--top-k=10"], tmp_path
+            [*argv, "--format=routellm", "--top_k=10"], tmp_path
         )
         # an uploaded candidate file ranks as the CLI's --candidates
         models = tmp_path / "candidates.csv"

@@ -20,7 +20,7 @@ records, ``[R, L]``
   ``competence``  float32  ``[R, L, F]`` the record's competence features (``data.competence``;
                            NaN = unknown), when the scorer uses them
   ``competence_cold``  float32  the same as if the model were new (cold-start episodes)
-models, ``[U, ...]``
+models, ``[U, ...]`` (``data.features.MODEL_INPUTS``)
   ``model_id``     int32    learned-ID row (0 = [UNK]: unseen in training)
   ``name_tokens``  int32    ``[U, T]`` hashed name-token buckets
   ``name_mask``    bool     ``[U, T]``
@@ -29,7 +29,7 @@ models, ``[U, ...]``
   ``log_size``     float32  log10(parameters in billions); 0 when the size is unknown
   ``release``      float32  release date in years since 2000; 0 when unknown
   ``family``       int32    0 = [UNK] family
-groups, ``[S, ...]``
+groups, ``[S, ...]`` (``data.features.CONTEXT_INPUTS``)
   ``dataset_id``    int32    learned-ID row (0 = [UNK])
   ``dataset_desc``  float32  ``[S, Dd]``
   ``task``          int32
@@ -40,13 +40,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from modellens_jax.data import features
+
 RECORD_KEYS = ("mask", "segment", "model_slot", "group_slot", "value", "z")
 COMPETENCE_KEYS = ("competence", "competence_cold")  # optional record keys [R, L, F]
-MODEL_KEYS = (
-    "model_id", "name_tokens", "name_mask", "model_desc", "size_bucket", "log_size", "release",
-    "family",
-)  # fmt: skip
-GROUP_KEYS = ("dataset_id", "dataset_desc", "task", "metric")
+MODEL_KEYS = features.MODEL_KEYS  # the models block (``features.MODEL_INPUTS``)
+GROUP_KEYS = features.CONTEXT_KEYS  # the groups block (``features.CONTEXT_INPUTS``)
 
 
 def synthetic_batch(

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from modellens_jax import fsutil
-from modellens_jax.data import schema, splits
+from modellens_jax.data import features, schema, splits
+from modellens_jax.data.features import dataset_text, model_text
 from modellens_jax.data.ingest import (
     LINE,
     CorpusError,
@@ -38,22 +39,7 @@ from modellens_jax.data.ingest import (
 )
 
 FORMAT_VERSION = 1
-_EPOCH = np.datetime64("1970-01-01", "D")
-
-
-def model_text(name: str, desc: str, family: str, params: float) -> str:
-    """The text embedded for a model: its description, prefixed by the name; when there is no
-    description, one derived from name, family and size ("<name>. Family: f. Parameters: 7B.")."""
-    size = f" Parameters: {params:g}B." if np.isfinite(params) and params > 0 else ""
-    fam = f" Family: {family}." if family and family != "unknown" else ""
-    if desc:
-        return f"{name}. {desc}"
-    return f"{name}.{fam}{size}"
-
-
-def dataset_text(name: str, task: str, desc: str) -> str:
-    """The text embedded for a dataset: name, task and description."""
-    return f"{name} ({task}). {desc}" if desc else f"{name} ({task})."
+_EPOCH = features.EPOCH
 
 
 @dataclasses.dataclass
@@ -207,7 +193,7 @@ def compile_corpus(
     mtab = mtab.reindex(model_names)
     params = pd.to_numeric(mtab["params"], errors="coerce").to_numpy(np.float64)
     fam_raw = mtab["family"].fillna("").astype(str).str.lower().to_numpy()
-    families = np.array([f or schema.derive_family(m) for f, m in zip(fam_raw, model_names)])
+    families = np.array([features.family_name(m, f) for f, m in zip(fam_raw, model_names)])
     report["families_derived_from_name"] = int((fam_raw == "").sum())
     days = _release_days(mtab, agg, model_names)
     desc = mtab["model_desp"].fillna("").astype(str).to_numpy()
@@ -341,14 +327,9 @@ def _release_days(mtab: pd.DataFrame, agg: pd.DataFrame, names: list[str]) -> np
     """Per model of ``names``: release day since 1970 (-1 = undated). Where the model metadata
     has no release date, the earliest record date of the model stands in."""
     rel = pd.to_datetime(mtab["release_date"].reindex(names), errors="coerce")
-    rec_dates = pd.to_datetime(
-        agg["date"].mask(agg["date"] == ""), errors="coerce", format="ISO8601", utc=True
-    ).dt.tz_localize(None)
+    rec_dates = features.parse_dates(agg["date"].mask(agg["date"] == ""))
     first_seen = rec_dates.groupby(agg["model"]).min().reindex(names)
-    rel = rel.fillna(first_seen)
-    return np.where(
-        rel.isna(), -1, (rel.to_numpy("datetime64[D]") - _EPOCH).astype(np.int64)
-    ).astype(np.int32)
+    return features.days_since_1970(rel.fillna(first_seen))
 
 
 def _primary(agg: pd.DataFrame, entity: str) -> pd.Series:

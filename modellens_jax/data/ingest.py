@@ -38,7 +38,7 @@ from typing import Any, NoReturn
 import numpy as np
 import pandas as pd
 
-from modellens_jax.data import schema
+from modellens_jax.data import features, schema
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +296,8 @@ def _conflicting_duplicates(
 
 
 def _to_datetime(values) -> pd.Series:
-    """ISO dates to naive UTC timestamps; unparseable -> NaT."""
-    d = pd.to_datetime(pd.Series(values), errors="coerce", format="ISO8601", utc=True)
-    return d.dt.tz_localize(None)
+    """ISO dates to naive UTC timestamps; unparseable -> NaT (``features.parse_dates``)."""
+    return features.parse_dates(values)
 
 
 def _parse_dates(df: pd.DataFrame, field: str) -> pd.Series:

@@ -29,7 +29,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from modellens_jax.data import schema, splits
+from modellens_jax.data import features, splits
 from modellens_jax.data.corpus import Corpus
 
 _EPOCHS = 1 << 20  # the training source repeats this many epochs (effectively forever)
@@ -223,21 +223,13 @@ class FeatureTables:
         self.rec_group = np.asarray(c["rec_group"])
         self.rec_value = np.asarray(c["rec_value"])
         self.rec_z = np.asarray(c["rec_z"])
-        self.model_cols = {
-            "model_id": np.asarray(c["model_id"]),
-            "name_tokens": np.asarray(c["model_name_tokens"]),
-            "name_mask": np.asarray(c["model_name_mask"]),
-            "size_bucket": np.asarray(c["model_size_bucket"]),
-            "log_size": schema.log_size(np.asarray(c["model_params"])),
-            "release": schema.release_years(np.asarray(c["model_release_day"])),
-            "family": np.asarray(c["model_family"]),
-        }
+        self.model_cols = features.corpus_model_rows(c)  # every model input but model_desc
         self.group_dataset = np.asarray(c["group_dataset"])
-        self.group_cols = {
-            "dataset_id": np.asarray(c["dataset_id"])[self.group_dataset],
-            "task": np.asarray(c["group_task"]),
-            "metric": np.asarray(c["group_metric"]),
-        }
+        self.group_cols = features.context_rows(
+            dataset_id=np.asarray(c["dataset_id"])[self.group_dataset],
+            task=c["group_task"],
+            metric=c["group_metric"],
+        )  # every context input but dataset_desc
 
     def attach_competence(self) -> FeatureTables:
         """Computes the records' competence features (``data.competence``, from the training

@@ -239,13 +239,13 @@ def serving_case(rng: random.Random, k: int):
         _write(f, mutate(rng, MODEL_HEADER, _models()))
 
         def check():
-            from modellens_jax import serve
+            from modellens_jax.serving import recommender
 
             try:
-                rows = serve.read_csv(f, ["model"], nonempty=["model"])
+                rows = recommender.read_csv(f, ["model"], nonempty=["model"])
                 for where, row in rows:
-                    serve._params(where, row.get("params", ""))
-            except serve.InputError as e:
+                    recommender._params(where, row.get("params", ""))
+            except recommender.InputError as e:
                 msg = str(e)
                 assert "\n" not in msg and f.name in msg, msg
                 return msg
@@ -266,12 +266,12 @@ def query_case(rng, k):
 
     def build(tmp):
         def check():
-            from modellens_jax import serve
+            from modellens_jax.serving import recommender
 
             args = {"top_k": 10, "min_params": None, "max_params": None, **kw}
             try:
-                serve.check_query(**args)
-            except serve.InputError as e:
+                recommender.check_query(**args)
+            except recommender.InputError as e:
                 assert "\n" not in str(e)
                 return str(e)
             raise AssertionError("accepted")

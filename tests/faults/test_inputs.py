@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from modellens_jax import recommend, score, serve
+from modellens_jax.serving import recommend, recommender, score
 from tests.faults import fuzz
 
 
@@ -20,27 +20,31 @@ def _w(path, text):
 
 def test_unbalanced_quote_is_an_error_not_one_model(tmp_path):
     f = _w(tmp_path / "c.csv", 'model,params\n"foo,7\nbar,3\n')
-    with pytest.raises(serve.InputError, match=r"c\.csv row 1 \(line 2\): malformed CSV .*quote"):
-        serve.read_csv(f, ["model"])
+    with pytest.raises(
+        recommender.InputError, match=r"c\.csv row 1 \(line 2\): malformed CSV .*quote"
+    ):
+        recommender.read_csv(f, ["model"])
 
 
 def test_extra_fields_refused(tmp_path):
     f = _w(tmp_path / "c.csv", "model,params\nfoo,7,surplus\n")
-    with pytest.raises(serve.InputError, match=r"row 1 \(line 2\): malformed CSV: expected 2"):
-        serve.read_csv(f, ["model"])
+    with pytest.raises(
+        recommender.InputError, match=r"row 1 \(line 2\): malformed CSV: expected 2"
+    ):
+        recommender.read_csv(f, ["model"])
 
 
 @pytest.mark.parametrize(
     "v,why", [("-5", "negative"), ("inf", "finite"), ("nan", "finite"), ("1e308", "out of range")]
 )
 def test_bad_params_refused(v, why):
-    with pytest.raises(serve.InputError, match=f"field 'params'.*{why}"):
-        serve._params("c.csv row 1 (line 2)", v)
+    with pytest.raises(recommender.InputError, match=f"field 'params'.*{why}"):
+        recommender._params("c.csv row 1 (line 2)", v)
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--top-k=-3"], "--top-k=-3: must be a whole number >= 0"),
-    (["--min-params=100", "--max-params=1"], "no model can match"),
+    (["--top_k=-3"], "--top_k=-3: must be a whole number >= 0"),
+    (["--min_params=100", "--max_params=1"], "no model can match"),
     (["--out=/tmp"], "is a directory"),
 ])  # fmt: skip
 def test_recommend_query_errors_are_one_line(argv, msg, tmp_path, capsys):
@@ -66,7 +70,7 @@ def test_score_out_directory_and_mode(tmp_path, capsys):
 def test_long_description_accepted(tmp_path):
     desc = "word " * 42_000  # 210 KB in one field
     f = _w(tmp_path / "c.csv", f'model,model_desp\nfoo,"{desc}"\n')
-    rows = serve.read_csv(f, ["model"])
+    rows = recommender.read_csv(f, ["model"])
     assert len(rows) == 1 and len(rows[0][1]["model_desp"]) > 200_000
 
 

@@ -111,23 +111,25 @@ SCOPES = (
           ("tests/test_model.py::test_dropout_rescales_kept_units_by_one_over_keep",
            "tests/test_model.py::test_dropout_mask_does_not_depend_on_x64"),
           ("_dropout",)),
-    Scope("serve", "modellens_jax/serve.py",
+    Scope("bundle", "modellens_jax/serving/bundle.py",
           (X + "test_bucket_sizes", X + "test_tampered_or_incomplete_bundle_is_refused",
-           X + "test_rank_filters_at_the_boundaries", X + "test_router_pools",
-           X + "test_task_pool_and_its_model_side_are_cached",
            X + "test_verify_checks_the_manifest_and_every_listed_file",
-           X + "test_bundle_load_verifies_by_default_and_reads_every_part",
+           X + "test_bundle_load_verifies_by_default_and_reads_every_part"),
+          ("bucket", "verify", "Bundle.load")),
+    Scope("recommender", "modellens_jax/serving/recommender.py",
+          (X + "test_rank_filters_at_the_boundaries", X + "test_router_pools",
+           X + "test_task_pool_and_its_model_side_are_cached",
            X + "test_check_query_refuses_exactly_the_impossible_queries",
            X + "test_rank_results_follow_the_score_matrix", X + "test_rank_candidates_and_query_checks",
            X + "test_rank_family_filter_is_case_insensitive",
            X + "test_rank_ties_defaults_caching_and_the_query_text"),
-          ("bucket", "verify", "Bundle.load", "check_query", "Recommender.rank")),
+          ("check_query", "Recommender.rank")),
 )  # fmt: skip
 # The full lists of what the issue names (run with --only NAME --functions ... when there is
 # time; each needs minutes to hours): losses bpr_loss/plackett_luce_loss/_sample_pairs,
 # metrics _weighted_tau_core/_ndcg/_recall, pipeline Featurize.map/pack_rows, splits assign/
 # stratified_holdout, ingest read_leaderboard checks, optim make_optimizer/_unique_rows, model
-# Scorer.size_features/model_prior, the rest of serve (the bundle fixture is exported once per
+# Scorer.size_features/model_prior, the rest of serving (the bundle fixture is exported once per
 # mutated commit into MODELLENS_TEST_BUNDLE_CACHE, so a serving mutant costs seconds).
 
 # Lines that only build messages: mutating their text is not a behaviour change a test should
