@@ -18,10 +18,7 @@ from collections.abc import Callable, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-EXIT_USAGE = 2
-EXIT_RUN = 3
-EXIT_IOERR = 74
-EXIT_INTERRUPTED = 75
+from modellens_jax.jobguard import EXIT_INTERRUPTED, EXIT_IOERR, EXIT_RUN, EXIT_USAGE
 
 
 class UsageError(ValueError):
@@ -46,7 +43,7 @@ EXIT: tuple[tuple[str, str, int], ...] = (
     ("modellens_jax.export", "ExportError", EXIT_USAGE),
     ("modellens_jax.serving.bundle", "BundleError", EXIT_USAGE),
     ("modellens_jax.serving.recommender", "InputError", EXIT_USAGE),
-    ("modellens_jax.sweep", "SweepError", EXIT_USAGE),
+    ("modellens_jax.experiments.sweep", "SweepError", EXIT_USAGE),
     ("builtins", "FileNotFoundError", EXIT_USAGE),
     ("builtins", "OSError", EXIT_IOERR),  # read-only, full or missing output filesystems
 )

@@ -12,15 +12,14 @@ import jax
 from absl import flags
 
 
-def define_flags() -> None:
-    flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process runs).")
-    flags.DEFINE_integer("num_processes", None, "Total number of processes.")
-    flags.DEFINE_integer("process_id", None, "This process's index.")
-    flags.DEFINE_bool(
-        "distributed",
-        False,
-        "Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM).",
-    )
+def define_flags(fv: flags.FlagValues) -> None:
+    """The multi-process flags of the commands that train."""
+    flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process runs).",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer("num_processes", None, "Total number of processes.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index.", flag_values=fv)
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with "
+                      "auto-detection (TPU pods, SLURM).", flag_values=fv)  # fmt: skip
 
 
 def initialize(
@@ -49,6 +48,6 @@ def initialize(
         jax.distributed.initialize()
 
 
-def initialize_from_flags() -> None:
-    f = flags.FLAGS
+def initialize_from_flags(f: flags.FlagValues) -> None:
+    """``initialize`` with the values of ``define_flags``'s flags."""
     initialize(f.coordinator, f.num_processes, f.process_id, f.distributed)

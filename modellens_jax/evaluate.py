@@ -25,39 +25,24 @@ three settings of the split, prints a markdown report and writes ``report.md``,
 from __future__ import annotations
 
 import functools
-import json
-import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
-from modellens_jax import metrics
+from modellens_jax import cli, metrics, report
 from modellens_jax.data import batch as batch_lib
 from modellens_jax.data import competence, pipeline, splits
+from modellens_jax.report import MODEL_NAME
 
 KS = (1, 10)
 Scorer = Callable[[dict[str, np.ndarray]], Any]
 CONTRACT_KEYS = batch_lib.RECORD_KEYS + batch_lib.MODEL_KEYS + batch_lib.GROUP_KEYS
 SCORED_KEYS = (*CONTRACT_KEYS, "competence")  # what the trained scorer reads (when present)
-MODEL_NAME = "modellens"  # the trained model's row in reports
-
-# (key in the aggregate, column title) of the report tables.
-REPORT_METRICS = (
-    ("weighted_tau", "τ_w"),
-    ("weighted_tau_pairs", "τ_w pairs"),
-    ("weighted_tau_ref", "τ_ref"),
-    ("weighted_tau_ref_pairs", "τ_ref pairs"),
-    ("ndcg@1", "NDCG@1"),
-    ("ndcg@10", "NDCG@10"),
-    ("hit@1", "Hit@1"),
-    ("hit@10", "Hit@10"),
-    ("recall@10", "Rec@10"),
-)
 
 
 @functools.partial(jax.jit, static_argnames=("ks",))
@@ -190,6 +175,17 @@ def judge_value(results: dict[str, dict[str, float]], judge: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def validator(judge: str) -> Callable[[Scorer, pipeline.FeatureTables], tuple[float, dict]]:
+    """The trainer's validation: ``(scorer, tables) -> (judge value, per-setting results)`` on
+    the validation split (checkpoint selection and early stopping)."""
+
+    def validate(scorer: Scorer, tables: pipeline.FeatureTables) -> tuple[float, dict]:
+        res = evaluate_settings(scorer, tables, splits.VAL)
+        return judge_value(res, judge), res
+
+    return validate
+
+
 # --- breakdowns --------------------------------------------------------------------------------
 def group_sources(tables: pipeline.FeatureTables) -> np.ndarray:
     """Per group: its records' source (the most frequent one if they mix; ties -> lower id)."""
@@ -244,272 +240,32 @@ def compare(
 
 
 # --- the trained model ----------------------------------------------------------------------
-def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config a run was trained with (``WORKDIR/config.json``)."""
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not a training run directory (no config.json)")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def abstract_state(config: ml_collections.ConfigDict, sizes, mesh: jax.sharding.Mesh):
-    """``(graphdef, abstract state)`` as training builds it (``train.abstract_state``)."""
-    from modellens_jax import train
-
-    return train.abstract_state(config, sizes, mesh)
-
-
-def restore_state(
-    workdir: str | Path,
-    *,
-    step: int | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-    config: ml_collections.ConfigDict | None = None,
-    verbose: bool = False,
-):
-    """Restores a trained run: ``(config, tables, graphdef, state, step)``.
-
-    ``step`` defaults to the best checkpoint by validation judge, else the newest intact one.
-    The model and optimizer are rebuilt exactly as ``train`` builds them and the checkpoint's
-    corpus fingerprint must match ``WORKDIR/corpus``. ``mesh`` defaults to the run's mesh
-    config over the local devices."""
-    from modellens_jax import checkpointing, sharding, train
-
-    workdir = Path(workdir)
-    say = print if verbose else (lambda *a, **k: None)
-    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", async_save=False)
-    try:
-        steps = ckpt.steps()
-        if not steps:
-            raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
-        chosen = step if step is not None else ckpt.best_step()
-        if config is None:
-            try:  # the exact config that wrote the checkpoint
-                config = ml_collections.ConfigDict(
-                    json.loads(
-                        ckpt.read_meta(chosen if chosen is not None else steps[-1])["config"]
-                    )
-                )
-            except Exception:
-                config = load_run_config(workdir)
-        corpus, tables = train.load_data(config, workdir, verbose=verbose)
-        if mesh is None:
-            mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.model))
-        graphdef, abstract = abstract_state(config, train.feature_sizes(config, tables), mesh)
-        expect = {"corpus_fingerprint": corpus.fingerprint}
-        restored = None
-        if chosen is not None:
-            try:
-                restored = ckpt.restore(abstract, expect, step=chosen, say=say)
-            except checkpointing.CheckpointCorrupted:
-                if step is not None:
-                    raise
-                say(f"best step {chosen} unreadable; using the newest intact checkpoint")
-        if restored is None:
-            restored = ckpt.restore(abstract, expect, say=say)
-        if restored is None:
-            raise FileNotFoundError(f"{workdir / 'checkpoints'}: no checkpoint to evaluate")
-        got_step, state, _, _ = restored
-    finally:
-        ckpt.close()
-    return config, tables, graphdef, state, int(got_step)
-
-
-_SCORE_JITS: dict[tuple[str, jax.sharding.Mesh], Any] = {}
-
-
-def _score_jit(graphdef, mesh: jax.sharding.Mesh):
-    """One jitted inference function per (architecture, mesh): scorers of several states of
-    one architecture (checkpoints, perturbed copies) share compilations. The state keeps the
-    shardings it was restored with; the batch and the scores are replicated. (GraphDefs are not
-    hashable: their repr, which spells out the whole structure, is the key.)"""
-    from modellens_jax import sharding, train
-
-    key = (repr(graphdef), mesh)
-    if key not in _SCORE_JITS:
-        if len(_SCORE_JITS) >= 8:
-            _SCORE_JITS.pop(next(iter(_SCORE_JITS)))
-        _SCORE_JITS[key] = jax.jit(
-            train.make_score_fn(graphdef), out_shardings=sharding.replicated(mesh)
-        )
-    return _SCORE_JITS[key]
-
-
 class ModelScorer:
     """The trained scorer as an evaluation scorer: jitted on ``mesh`` with the state's
     shardings, the batch replicated (any row count), scores returned to the host."""
 
     needs_records = False
 
-    def __init__(self, graphdef, state, mesh: jax.sharding.Mesh):
-        from modellens_jax import sharding
+    def __init__(self, graphdef, state, mesh: jax.sharding.Mesh, *, _fn=None):
+        from modellens_jax import sharding, train_state
 
-        self.state, self.mesh = state, mesh
+        self.graphdef, self.state, self.mesh = graphdef, state, mesh
         self._to_device = functools.partial(sharding.to_replicated, mesh=mesh)
-        self._fn = _score_jit(graphdef, mesh)
+        self._fn = _fn if _fn is not None else train_state.jit_score(graphdef, mesh)
+
+    @classmethod
+    def of(cls, run) -> ModelScorer:
+        """The scorer of a restored run (``rundir.restore``)."""
+        return cls(run.graphdef, run.state, run.mesh)
+
+    def with_state(self, state) -> ModelScorer:
+        """The same architecture with another state (a checkpoint, a perturbed copy), sharing
+        this scorer's compiled function."""
+        return ModelScorer(self.graphdef, state, self.mesh, _fn=self._fn)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
         b = self._to_device({k: batch[k] for k in SCORED_KEYS if k in batch})
         return np.asarray(self._fn(self.state, b).addressable_data(0))
-
-
-# --- reports -----------------------------------------------------------------------------------
-def _fmt(x: float, digits: int = 3) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out
-
-
-def present_settings(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The settings of a report, in the canonical order (``unseen_both`` in backtests only)."""
-    first = next(iter(results.values()), {})
-    return [s for s in splits.ALL_SETTINGS if s in first]
-
-
-def format_markdown(
-    results: Mapping[str, Mapping[str, Mapping[str, Any]]],
-    *,
-    title: str,
-    notes: Mapping[str, str] | None = None,
-    preamble: list[str] | None = None,
-) -> str:
-    """Markdown report of :func:`compare` output (scorer -> setting -> report)."""
-    names = list(results)
-    settings = present_settings(results)
-    lines = [f"# {title}", "", *list(preamble or [])]
-    lines += [
-        "## τ_w by setting",
-        "",
-        "Top-weighted weighted Kendall τ (method.md §10a), plain mean over groups; the best "
-        "per setting in bold.",
-        "",
-    ]
-    best = {
-        s: max(
-            (results[n][s]["overall"].get("weighted_tau", float("nan")) for n in names),
-            key=lambda v: v if math.isfinite(v) else -math.inf,
-        )
-        for s in settings
-    }
-    rows = []
-    for n in names:
-        cells = [n]
-        for s in settings:
-            v = results[n][s]["overall"].get("weighted_tau", float("nan"))
-            cells.append(f"**{_fmt(v)}**" if math.isfinite(v) and v == best[s] else _fmt(v))
-        rows.append(cells)
-    lines += [*_table(["scorer", *settings], rows), ""]
-    for s in settings:
-        first = results[names[0]][s]["overall"]
-        lines += [
-            f"## {s}: {int(first.get('num_groups', 0))} groups "
-            f"({int(first.get('num_groups@10', 0))} with ≥ 10 models)",
-            "",
-        ]
-        rows = [
-            [n] + [_fmt(results[n][s]["overall"].get(k, float("nan"))) for k, _ in REPORT_METRICS]
-            for n in names
-        ]
-        lines += [*_table(["scorer", *[t for _, t in REPORT_METRICS]], rows), ""]
-    for kind, label in (("by_source", "source"), ("by_modality", "modality")):
-        lines += [f"## τ_w by {label} (groups in parentheses)", ""]
-        for s in settings:
-            keys = list(results[names[0]][s][kind])
-            if not keys:
-                continue
-            rows = []
-            for key in keys:
-                ng = int(results[names[0]][s][kind][key].get("num_groups", 0))
-                rows.append(
-                    [f"{key} ({ng})"]
-                    + [
-                        _fmt(results[n][s][kind].get(key, {}).get("weighted_tau", float("nan")))
-                        for n in names
-                    ]
-                )
-            lines += [f"**{s}**", "", *_table([label, *names], rows), ""]
-    if notes:
-        lines += ["## Notes", ""] + [f"- **{k}**: {v}" for k, v in notes.items()] + [""]
-    return "\n".join(lines)
-
-
-def write_chart(results: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path,
-                title: str = "") -> bool:  # fmt: skip
-    """Grouped bars of τ_w and NDCG@10 per setting and scorer; False when matplotlib is
-    missing (optional extra ``[eval]``)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    names = list(results)
-    settings = present_settings(results)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
-    width = 0.8 / max(len(names), 1)
-    x = np.arange(len(settings))
-    cmap = plt.get_cmap("tab10")
-    for ax, (key, label) in zip(axes, (("weighted_tau", "τ_w"), ("ndcg@10", "NDCG@10"))):
-        for i, n in enumerate(names):
-            vals = [results[n][s]["overall"].get(key, float("nan")) for s in settings]
-            ax.bar(x + (i - (len(names) - 1) / 2) * width, np.nan_to_num(vals), width,
-                   label=n, color=cmap(i % 10), edgecolor="black" if n == MODEL_NAME else None)  # fmt: skip
-        ax.set_xticks(x, settings)
-        ax.set_ylabel(label)
-        ax.axhline(0, color="black", linewidth=0.6)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8, ncol=2)
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _json_safe(x: Any) -> Any:
-    """NaN/inf -> None, numpy scalars -> Python (strict JSON)."""
-    if isinstance(x, Mapping):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def write_reports(
-    out_dir: str | Path,
-    results: Mapping[str, Any],
-    *,
-    title: str,
-    meta: Mapping[str, Any],
-    notes: Mapping[str, str] | None = None,
-    preamble: list[str] | None = None,
-    stem: str = "report",
-) -> tuple[str, dict[str, Path]]:
-    """Writes ``<stem>.md``, ``<stem>.json`` and ``<stem>.png`` (when matplotlib is installed);
-    returns (markdown, written paths)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    notes = dict(notes or {})
-    paths = {"md": out / f"{stem}.md", "json": out / f"{stem}.json", "png": out / f"{stem}.png"}
-    if not write_chart(results, paths["png"], title):
-        notes["chart"] = (
-            "no PNG chart: matplotlib is not installed (pip install 'modellens-jax[eval]')"
-        )
-        del paths["png"]
-    md = format_markdown(results, title=title, notes=notes, preamble=preamble)
-    paths["md"].write_text(md + "\n")
-    doc = _json_safe({**meta, "notes": notes, "results": results})
-    paths["json"].write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
-    return md, paths
 
 
 def baseline_tables(tables: pipeline.FeatureTables) -> tuple[pipeline.FeatureTables, str | None]:
@@ -548,10 +304,12 @@ def run(
         raise ValueError(f"--split={split!r}: expected test or val")
     names = baselines_lib.parse_names(baselines)
     workdir = Path(workdir)
-    config, tables, graphdef, state, got = restore_state(workdir, step=step)
-    mesh = jax.tree.leaves(state)[0].sharding.mesh
+    from modellens_jax import rundir
+
+    run = rundir.restore(workdir, step=step)
+    config, tables, got = run.config, run.tables, run.step
     say(f"restored {workdir} step {got}; evaluating the {split} split")
-    scorers: dict[str, Scorer] = {MODEL_NAME: ModelScorer(graphdef, state, mesh)}
+    scorers: dict[str, Scorer] = {MODEL_NAME: ModelScorer.of(run)}
     notes: dict[str, str] = {}
     if names:
         btables, note = baseline_tables(tables)
@@ -584,7 +342,7 @@ def run(
         },
     }
     out = Path(out) if out else workdir / "eval"
-    md, paths = write_reports(out, results, title=f"Evaluation ({split} split)", meta=meta,
+    md, paths = report.write_reports(out, results, title=f"Evaluation ({split} split)", meta=meta,
                               notes=notes, preamble=preamble)  # fmt: skip
     say(md)
     say("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -592,27 +350,26 @@ def run(
 
 
 # --- command ------------------------------------------------------------------------------------
-def define_flags() -> None:
+def _define(fv) -> None:
     from absl import flags
 
-    flags.DEFINE_string("workdir", None, "Training run directory.", required=True)
-    flags.DEFINE_enum("split", "test", ["test", "val"], "Held-out split to evaluate.")
-    flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval).")
-    flags.DEFINE_string("baselines", "all", "all, none, or a comma list of baseline names.")
-    flags.DEFINE_integer("step", None, "Checkpoint step (default: best, else newest).")
-    flags.DEFINE_integer("seed", 0, "Seed of the random baseline.")
+    flags.DEFINE_string("workdir", None, "Training run directory.", required=True, flag_values=fv)
+    flags.DEFINE_enum("split", "test", ["test", "val"], "Held-out split to evaluate.",
+                      flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("out", None, "Output directory (default WORKDIR/eval).", flag_values=fv)
+    flags.DEFINE_string("baselines", "all", "all, none, or a comma list of baseline names.",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: best, else newest).",
+                         flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer("seed", 0, "Seed of the random baseline.", flag_values=fv)
 
 
-def main(argv) -> None:
-    del argv
-    from absl import flags
+def _run(fv) -> None:
+    run(fv.workdir, split=fv.split, out=fv.out, baselines=fv.baselines, step=fv.step,
+        seed=fv.seed)  # fmt: skip
 
-    f = flags.FLAGS
-    run(f.workdir, split=f.split, out=f.out, baselines=f.baselines, step=f.step, seed=f.seed)
 
+main = cli.command(_define, _run, __doc__)
 
 if __name__ == "__main__":
-    from modellens_jax import cli
-
-    define_flags()
-    cli.run(main)
+    sys.exit(main())

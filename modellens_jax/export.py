@@ -31,8 +31,6 @@ symbolic U, S and P, so one artifact serves any number of candidates and queries
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -47,11 +45,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 from flax import nnx
 from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
-from modellens_jax import checkpointing, fsutil, jobguard, optim, sharding, train
+from modellens_jax import checkpointing, cli, fsutil, jobguard, optim, rundir, sharding
 from modellens_jax.data import competence, features, pipeline, splits
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.model import Scorer
@@ -241,83 +240,6 @@ def competence_tables(c: corpus_lib.Corpus, tables: pipeline.FeatureTables) -> d
     }
 
 
-# --- restoring a run ------------------------------------------------------------------------
-@dataclasses.dataclass
-class Restored:
-    """A trained model rebuilt from a workdir, with what the bundle needs beside it."""
-
-    model: Scorer
-    config: ml_collections.ConfigDict
-    corpus: corpus_lib.Corpus
-    tables: pipeline.FeatureTables
-    step: int
-    meta: dict[str, Any]
-    best: dict[str, Any] | None
-
-
-def load_config(workdir: Path) -> ml_collections.ConfigDict:
-    """``WORKDIR/config.json`` as a ConfigDict (the exact config the trainer ran)."""
-    path = workdir / "config.json"
-    if not path.is_file():
-        raise ExportError(f"{path}: missing; is {workdir} a training workdir?")
-    try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise ExportError(f"{path}: not a readable config ({e})") from e
-
-
-def _abstract_state(config: ml_collections.ConfigDict, tables: pipeline.FeatureTables):
-    """(graphdef, abstract state on one device) of the trainer's (model, optimizer) pair."""
-    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-    return train.abstract_state(config, train.feature_sizes(config, tables), mesh)
-
-
-def restore(workdir: str | os.PathLike, step: int | None = None) -> Restored:
-    """Rebuilds the model of ``workdir`` and restores ``step`` (default: best, else latest)."""
-    workdir = Path(workdir)
-    config = load_config(workdir)
-    cdir = workdir / "corpus"
-    if not (cdir / "manifest.json").is_file():
-        raise ExportError(f"{cdir}: no compiled corpus (the model's vocabularies live there)")
-    ckdir = workdir / "checkpoints"
-    if not ckdir.is_dir():
-        raise ExportError(f"{ckdir}: no checkpoints directory")
-    corpus, tables = train.load_data(config, workdir, verbose=False)
-    graphdef, abstract = _abstract_state(config, tables)
-    ckpt = checkpointing.Checkpointer(
-        ckdir, keep_latest=1 << 30, keep_best=1, judge="judge", async_save=False
-    )
-    try:
-        steps = ckpt.steps()
-        if not steps:
-            raise ExportError(f"{ckdir}: no checkpoint")
-        if step is None:
-            best = ckpt.best_step()
-            step = best if best in steps else steps[-1]
-        elif step not in steps:
-            raise ExportError(f"{ckdir}: no checkpoint at step {step} (have {steps})")
-        expect = {
-            "config_hash": train.config_hash(config),
-            "corpus_fingerprint": corpus.fingerprint,
-        }
-        restored = ckpt.restore(
-            abstract,
-            expect,
-            step=step,
-            config_json=config.to_json_best_effort(),
-            say=lambda msg: print(msg, file=sys.stderr),
-        )
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise ExportError(f"{ckdir}: no checkpoint")
-    step, state, _, meta = restored
-    model = optim.strip_lazy_moments(nnx.merge(graphdef, state)[0])
-    summary = workdir / "train_summary.json"
-    best = json.loads(summary.read_text()).get("best") if summary.is_file() else None
-    return Restored(model, config, corpus, tables, int(step), meta, best)
-
-
 # --- writing the bundle ---------------------------------------------------------------------
 def encoder_info(config: ml_collections.ConfigDict, corpus_dir: Path, dim: int) -> dict:
     """``encoder.json``: what embeds new descriptions so they match the stored ones."""
@@ -498,7 +420,12 @@ def export(
 
 
 def _export(workdir, out: Path, *, step: int | None, platforms: Sequence[str]) -> Path:
-    r = restore(workdir, step)
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    try:
+        r = rundir.restore(workdir, step=step, mesh=mesh)
+    except (checkpointing.CheckpointMismatch, checkpointing.CheckpointCorrupted) as e:
+        raise ExportError(str(e)) from e  # nothing to export: the user's choice of run or step
+    model = optim.strip_lazy_moments(nnx.merge(r.graphdef, r.state)[0])
     source = {
         "workdir": str(Path(workdir).absolute()),
         "step": r.step,
@@ -511,59 +438,39 @@ def _export(workdir, out: Path, *, step: int | None, platforms: Sequence[str]) -
         ),
         "judge_metric": str(r.config.train.judge),
     }
-    return write_bundle(
-        r.model, r.config, r.corpus, r.tables, out, source=source, platforms=platforms
-    )
+    return write_bundle(model, r.config, r.corpus, r.tables, out, source=source,
+                        platforms=platforms)  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: restore a checkpoint and write its serving bundle."""
-    ap = argparse.ArgumentParser(
-        prog="python -m modellens_jax.export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument(
-        "--workdir", required=True, help="training workdir (config.json, corpus/, checkpoints/)"
-    )
-    ap.add_argument("--out", required=True, help="bundle directory to write (replaced if a bundle)")
-    ap.add_argument(
-        "--step", type=int, default=None, help="checkpoint step (default: best, else latest)"
-    )
-    ap.add_argument(
-        "--platforms", default=",".join(PLATFORMS), help="comma-separated jax.export platforms"
-    )
-    args = ap.parse_args(argv)
+def _define(fv) -> None:
+    flags.DEFINE_string("workdir", None, "Training workdir (config.json, corpus/, checkpoints/).",
+                        required=True, flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("out", None, "Bundle directory to write (replaced if a bundle).",
+                        required=True, flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: best, else latest).",
+                         flag_values=fv)  # fmt: skip
+    flags.DEFINE_list("platforms", list(PLATFORMS), "jax.export platforms.", flag_values=fv)
+
+
+def _run(fv) -> None:
     try:
-        out = export(
-            args.workdir,
-            args.out,
-            step=args.step,
-            platforms=[p for p in args.platforms.split(",") if p],
-        )
-    except (
-        ExportError,
-        checkpointing.CheckpointMismatch,
-        checkpointing.CheckpointCorrupted,
-        jobguard.WorkdirLocked,
-        FileNotFoundError,
-    ) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        out = export(fv.workdir, fv.out, step=fv.step, platforms=fv.platforms)
     except (OSError, SafetensorError) as e:  # disk full, read-only, ...: temp dir already gone
+        if isinstance(e, FileNotFoundError) and not getattr(e, "filename", None):
+            raise  # a missing input (no checkpoint, no corpus): exit 2
         where = f" at {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"error: could not write the bundle {Path(args.out).absolute()}: "
-              f"{checkpointing.io_reason(e)}{where}; nothing was written (an existing bundle "
-              "there is unchanged)", file=sys.stderr)  # fmt: skip
-        return jobguard.EXIT_IOERR
+        raise OSError(f"could not write the bundle {Path(fv.out).absolute()}: "
+                      f"{checkpointing.io_reason(e)}{where}; nothing was written (an existing "
+                      "bundle there is unchanged)") from e  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     size = sum(f["bytes"] for f in manifest["files"].values())
     print(
         f"wrote {out} (step {manifest['source']['step']}, {len(manifest['files'])} files, "
         f"{size / 1e6:.1f} MB)"
     )
-    return 0
 
+
+main = cli.command(_define, _run, __doc__)
 
 if __name__ == "__main__":
     sys.exit(main())

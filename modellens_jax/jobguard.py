@@ -30,9 +30,14 @@ import time
 import uuid
 from pathlib import Path
 
-EXIT_USAGE = 2
-EXIT_IOERR = 74
-EXIT_INTERRUPTED = 75
+EXIT_USAGE = 2  # bad input: a flag, a config, a corpus row, a query, a locked workdir
+EXIT_RUN = 3  # a run that cannot go on: diverged, mismatched or corrupted checkpoints
+EXIT_IOERR = 74  # an output that cannot be written
+EXIT_INTERRUPTED = 75  # stopped by a signal after saving; rerun to resume
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss; the last good checkpoint is left intact."""
 
 
 class WorkdirLocked(ValueError):

@@ -8,6 +8,7 @@ in all three settings against the baselines (``DIR/eval``), and exports a servin
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import jax
@@ -15,25 +16,29 @@ from absl import flags
 
 from modellens_jax import cli, distributed
 
-_CONFIG = cli.define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-_BASELINES = flags.DEFINE_string("baselines", "all", "Baselines to compare: all, none or a list.")
+
+def _define(fv: flags.FlagValues) -> None:
+    cli.config_flag(fv)
+    flags.DEFINE_string("workdir", None, "Run directory.", required=True, flag_values=fv)
+    flags.DEFINE_string("baselines", "all", "Baselines to compare: all, none or a list.",
+                        flag_values=fv)  # fmt: skip
+    distributed.define_flags(fv)
 
 
-def main(argv) -> None:
-    del argv
+def _run(fv: flags.FlagValues) -> None:
     from modellens_jax import evaluate, export, train
 
-    distributed.initialize_from_flags()
-    workdir = Path(_WORKDIR.value)
-    train.train_and_evaluate(_CONFIG.value, workdir)
+    distributed.initialize_from_flags(fv)
+    workdir = Path(fv.workdir)
+    train.train_and_evaluate(fv.config, workdir)
     if jax.process_index() == 0:
-        evaluate.run(workdir, split="test", baselines=_BASELINES.value)
+        evaluate.run(workdir, split="test", baselines=fv.baselines)
         out = export.export(workdir, workdir / "bundle")
         print(f"bundle: {out}\nrecommend: python -m modellens_jax.recommend --bundle={out} "
-              '--dataset-desc="..." --task="..." --metric="..."')  # fmt: skip
+              '--dataset_desc="..." --task="..." --metric="..."')  # fmt: skip
 
+
+main = cli.command(_define, _run, __doc__)
 
 if __name__ == "__main__":
-    distributed.define_flags()
-    cli.run(main)
+    sys.exit(main())

@@ -51,11 +51,11 @@ def _config(spec: str):
 def check_layout(config, workdir: Path) -> None:
     from jax.experimental import multihost_utils
 
-    from modellens_jax import sharding, train
+    from modellens_jax import rundir, sharding
     from modellens_jax.data import pipeline
 
     pid, n = jax.process_index(), jax.process_count()
-    _, tables = train.load_data(config, workdir, verbose=False)
+    _, tables = rundir.load_data(config, workdir, verbose=False)
     mesh = sharding.make_mesh(-1, 1)
     rows, L = int(config.input.groups_per_batch), int(config.input.list_size)
     U = int(config.input.max_models_per_batch) or rows * L

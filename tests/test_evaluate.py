@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modellens_jax import ablate, evaluate, sharding, train
+from modellens_jax import ablate, evaluate, report, rundir, sharding, train
 from modellens_jax.data import pipeline, schema, splits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +89,8 @@ def _mesh(data: int, model: int):
 def restored(run):
     """The run's best checkpoint restored on one device: (tables, graphdef, state, step, mesh)."""
     mesh = _mesh(1, 1)
-    _, tables, graphdef, state, step = evaluate.restore_state(run[0], mesh=mesh)
-    return tables, graphdef, state, step, mesh
+    r = rundir.restore(run[0], mesh=mesh)
+    return r.tables, r.graphdef, r.state, r.step, mesh
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +102,8 @@ def report1(restored):
 
 
 def _report(wd, mesh, split=splits.TEST):
-    _, tables, graphdef, state, step = evaluate.restore_state(wd, mesh=mesh)
-    scorer = evaluate.ModelScorer(graphdef, state, mesh)
-    return step, evaluate.evaluate_report(scorer, tables, split)
+    r = rundir.restore(wd, mesh=mesh)
+    return r.step, evaluate.evaluate_report(evaluate.ModelScorer.of(r), r.tables, split)
 
 
 def _same(a, b):
@@ -180,7 +179,7 @@ def _perturb_ids(state, table: str):
 def test_held_out_entities_never_use_a_learned_id(restored):
     tables, graphdef, state, _, mesh = restored
     base = evaluate.ModelScorer(graphdef, state, mesh)
-    perturbed = {t: evaluate.ModelScorer(graphdef, _perturb_ids(state, t), mesh)
+    perturbed = {t: base.with_state(_perturb_ids(state, t))
                  for t in ("model_id_embed", "dataset_id_embed")}  # fmt: skip
     cases = {
         splits.UNSEEN_MODEL: ("model_id_embed", "model_id", "model_slot"),
@@ -270,8 +269,8 @@ def test_evaluate_command_writes_reports(run, tmp_path):
     out = evaluate.run(wd, split="val", out=tmp_path / "ev", baselines="size,competence",
                        verbose=False)  # fmt: skip
     doc = json.loads((tmp_path / "ev" / "report.json").read_text())  # strict JSON (no NaN)
-    assert set(doc["results"]) == {evaluate.MODEL_NAME, "size", "competence"}
-    assert doc["results"] == evaluate._json_safe(out["results"])
+    assert set(doc["results"]) == {report.MODEL_NAME, "size", "competence"}
+    assert doc["results"] == report.json_safe(out["results"])
     md = (tmp_path / "ev" / "report.md").read_text()
     for title in ("τ_w by setting", "unseen_dataset", "τ_w by source", "τ_w by modality"):
         assert title in md

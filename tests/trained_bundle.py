@@ -54,7 +54,7 @@ def train_config() -> ml_collections.ConfigDict:
 def trained(compiled_corpus, tmp_path_factory) -> dict:
     """A bundle exported from a 2-step run, the training scorer's reference scores on random
     queries, and the workdir already deleted."""
-    from modellens_jax import train
+    from modellens_jax import rundir, train
 
     base = tmp_path_factory.mktemp("trained")
     wd, bundle = base / "workdir", base / "bundle"
@@ -63,7 +63,7 @@ def trained(compiled_corpus, tmp_path_factory) -> dict:
     assert export.main([f"--workdir={wd}", f"--out={bundle}"]) == 0
     # The training code's model at the exported (final, only) step.
     model, _ = nnx.merge(result.graphdef, result.state)
-    corpus, tables = train.load_data(train_config(), wd, verbose=False)
+    corpus, tables = rundir.load_data(train_config(), wd, verbose=False)
     c, rng = corpus, np.random.default_rng(1)
     models = {**tables.model_cols, "model_desc": np.asarray(tables.model_desc, np.float32)}
     s = 3

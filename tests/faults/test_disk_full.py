@@ -11,7 +11,7 @@ import errno
 
 import pytest
 
-from modellens_jax import checkpointing, jobguard, train
+from modellens_jax import checkpointing, cli, jobguard, train
 from tests.faults import common
 from tests.faults.conftest import N, assert_states_equal, long_only
 
@@ -47,10 +47,10 @@ def test_save_failure_is_one_line_and_rerun_resumes(no_eval, straight, workdir, 
 
 
 def test_train_command_maps_write_error_to_74(capsys):
-    def boom():
+    def boom(fv):
         raise checkpointing.CheckpointWriteError("could not write the checkpoint of step 6 ...")
 
-    assert train.run_guarded(boom) == jobguard.EXIT_IOERR
+    assert cli.command(lambda fv: None, boom, "")([]) == jobguard.EXIT_IOERR
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 

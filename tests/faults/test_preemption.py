@@ -8,13 +8,13 @@ import signal
 
 import pytest
 
-from modellens_jax import checkpointing, jobguard, train
+from modellens_jax import checkpointing, jobguard, train, train_state
 from tests.faults import common
 from tests.faults.conftest import N, assert_states_equal, long_only
 
 
 def _signal_at_step_4(monkeypatch, sig):
-    real_next = train.DevicePrefetch.next
+    real_next = train_state.DevicePrefetch.next
     calls = {"n": 0}
 
     def next_then_signal(self):
@@ -23,7 +23,7 @@ def _signal_at_step_4(monkeypatch, sig):
             os.kill(os.getpid(), sig)
         return real_next(self)
 
-    monkeypatch.setattr(train.DevicePrefetch, "next", next_then_signal)
+    monkeypatch.setattr(train_state.DevicePrefetch, "next", next_then_signal)
     return real_next
 
 
@@ -47,7 +47,7 @@ def test_signal_saves_the_step_and_resume_is_exact(no_eval, straight, workdir, m
     config = common.tiny_config(train__steps=N)
     with pytest.raises(jobguard.Interrupted, match=f"interrupted by {sig.name} at step 4/{N}"):
         train.train_and_evaluate(config, workdir, verbose=False)
-    monkeypatch.setattr(train.DevicePrefetch, "next", real_next)
+    monkeypatch.setattr(train_state.DevicePrefetch, "next", real_next)
     with checkpointing.Checkpointer(workdir / "checkpoints") as ckpt:
         assert ckpt.steps() == [3, 4]  # step 4 finished and saved: nothing lost
     assert not (workdir / ".workdir.lock").exists()
