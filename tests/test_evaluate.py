@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modellens_jax import ablate, evaluate, report, rundir, sharding, train
+from modellens_jax import evaluate, report, rundir, sharding, train
 from modellens_jax.data import pipeline, schema, splits
+from modellens_jax.experiments import ablate
 
 ROOT = Path(__file__).resolve().parents[1]
 # Frozen description embeddings: off until the embedding stage lands (then flip this one line).

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 from test_train import corpus_dir, make_workdir, tiny_config  # noqa: F401
 
-from modellens_jax import members, train
+from modellens_jax import rundir, train, train_state
+from modellens_jax.experiments import members
 
 MEMBERS = [
     {"loss.weights.pairwise": 0.0, "model.dropout": 0.0},
@@ -37,25 +38,25 @@ def test_four_members_equal_their_separate_runs(corpus_dir, tmp_path):  # noqa: 
     from modellens_jax.data import pipeline
 
     base = tiny_config(mesh__data=1)
-    _, tables = train.load_data(base, make_workdir(corpus_dir, tmp_path / "w"), verbose=False)
+    _, tables = rundir.load_data(base, make_workdir(corpus_dir, tmp_path / "w"), verbose=False)
     mesh = sharding.make_mesh(1, 1)
-    graphdef, state, _ = train.init_state(base, train.feature_sizes(base, tables), mesh)
+    graphdef, state, _ = train_state.init_state(base, train_state.feature_sizes(base, tables), mesh)
     ds, _ = pipeline.train_dataset(tables, rows=8, list_size=16, pack=True, seed=0)
     it = iter(ds)
     batches = [next(it) for _ in range(3)]
     configs = [members.member_config(base, m) for m in MEMBERS]
     weights, rates = members.member_arrays(configs)
     key = jax.random.key(0)
-    step = train.make_train_step(graphdef, base)
+    step = train_state.make_train_step(graphdef, base)
     single = jax.jit(step)
-    acc0 = train._acc_zeros()
+    acc0 = train_state.acc_zeros()
     stacked = jax.tree.map(lambda x: jax.numpy.stack([x] * len(MEMBERS)), (state, acc0))
     vstep = jax.jit(jax.vmap(step, in_axes=(0, 0, None, 0, None, 0)))
     for b in batches:
         stacked = vstep(*stacked, b, weights, key, rates)
     for i, cfg in enumerate(configs):
         st, acc = state, acc0
-        w_i = train.loss_weights(cfg)
+        w_i = train_state.loss_weights(cfg)
         r_i = {k: v[i] for k, v in rates.items()}
         for b in batches:
             st, acc = single(st, acc, b, w_i, key, r_i)
@@ -79,15 +80,14 @@ def test_four_members_equal_their_separate_runs(corpus_dir, tmp_path):  # noqa: 
 
 def test_train_members_writes_ordinary_runs(corpus_dir, tmp_path):  # noqa: F811
     """The command path: members written as run directories that evaluate can restore."""
-    from modellens_jax import evaluate
-
     base = tiny_config(train__steps=2, mesh__data=1)
     root = make_workdir(corpus_dir, tmp_path / "sweep")
     members.train_members(base, root, MEMBERS[:2], verbose=False)
     for m in MEMBERS[:2]:
         wd = root / members.member_name(m)
         assert (wd / "train_summary.json").exists()
-        cfg, _, _, _, step = evaluate.restore_state(wd)
+        r = rundir.restore(wd)
+        cfg, step = r.config, r.step
         assert step == 2 and cfg.loss.weights.pairwise == m["loss.weights.pairwise"]
 
 
