@@ -9,7 +9,8 @@ Run (tiny models, 20 steps each, about a minute per run on 2 CPU cores):
 
 Result: runs/sweep_example/<name>/ (pairwise=0.5,dropout=0.1 ...), plus sweep.csv, sweep.md
 and sweep_heatmap.png (judge = validation weighted_tau averaged over the three settings).
-Re-running the same command skips finished runs and resumes interrupted ones.
+Re-running the same command skips finished runs and resumes interrupted ones. ``--dry_run``
+prints the nine commands instead; ``--vectorize`` trains the nine points as one program.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Sweeps: expansion, run names, flag rendering (round trip through config_flags), planning,
 skip-finished logic, local execution (with a fake trainer), cluster scripts, aggregation, and
-one real two-run sweep through ``launch/sweep.py``."""
+one real two-run sweep through ``launch/sweep.py`` (the command; ``launch/executor.py`` runs the
+jobs, ``modellens_jax.experiments.sweep`` declares and plans them)."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -21,10 +23,13 @@ from pathlib import Path
 import pytest
 from ml_collections.config_flags import config_path
 
-from modellens_jax import sweep
-from modellens_jax.sweep import Hyper, SweepError
+from modellens_jax.experiments import sweep
+from modellens_jax.experiments.sweep import Hyper, SweepError
 
 ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("_launch_sweep", ROOT / "launch" / "sweep.py")
+command = importlib.util.module_from_spec(_spec)  # the sweep command, called in-process
+_spec.loader.exec_module(command)
 EXAMPLE = "configs/sweep_example.py:tiny"
 SAFE = re.compile(r"^[A-Za-z0-9._+,=-]+$")
 h = Hyper()
@@ -240,8 +245,8 @@ def test_dry_run_prints_exact_commands(tmp_path, capsys):
     extra = ["--config.train.steps=2", "--config.data.source=my dir"]
     fake_summary(root / "pairwise=0.0,dropout=0.1", step=2)  # finished: skipped
     fake_summary(root / "pairwise=1.0,dropout=0.3", step=1)  # stale summary: resumed
-    assert sweep.main([f"--config={EXAMPLE}", f"--workdir={root}", "--dry-run",
-                       f"--extra={shlex.join(extra)}"]) == 0  # fmt: skip
+    assert command.main([f"--config={EXAMPLE}", f"--workdir={root}", "--dry_run",
+                         f"--extra={shlex.join(extra)}"]) == 0  # fmt: skip
     out = capsys.readouterr().out.splitlines()
     cmds = [line for line in out if not line.startswith("#")]
     expect = [
@@ -258,7 +263,7 @@ def test_dry_run_prints_exact_commands(tmp_path, capsys):
 def test_launch_script_dry_run(tmp_path):
     p = subprocess.run(
         [sys.executable, "launch/sweep.py", f"--config={EXAMPLE}", f"--workdir={tmp_path}",
-         "--dry-run", "--extra=--config.train.steps=2"],
+         "--dry_run", "--extra=--config.train.steps=2"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
@@ -267,7 +272,7 @@ def test_launch_script_dry_run(tmp_path):
     assert len(cmds) == 9
     bad = subprocess.run(
         [sys.executable, "launch/sweep.py", f"--config={EXAMPLE}", f"--workdir={tmp_path}",
-         "--dry-run", "--extra=--config.model.droput=2"],
+         "--dry_run", "--extra=--config.model.droput=2"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 2 and "droput" in bad.stderr
@@ -373,7 +378,7 @@ def test_execute_parallel_skip_and_fail(tmp_path, fake, monkeypatch, capsys):
     root = tmp_path / "root"
     args = [f"--config={EXAMPLE}", f"--workdir={root}", f"--python={python}", "--parallel=3"]
     monkeypatch.setenv("FAKE_FAIL", "pairwise=1.0,dropout=0.3")
-    assert sweep.main(args) == 1  # one run failed
+    assert command.main(args) == 1  # one run failed
     out = capsys.readouterr()
     assert "FAILED pairwise=1.0,dropout=0.3 (exit 3)" in out.out and "boom" in out.out
     assert len(calls.read_text().split()) == 9
@@ -386,10 +391,10 @@ def test_execute_parallel_skip_and_fail(tmp_path, fake, monkeypatch, capsys):
     # re-run: only the failed one runs again
     monkeypatch.delenv("FAKE_FAIL")
     calls.write_text("")
-    assert sweep.main(args) == 0
+    assert command.main(args) == 0
     assert calls.read_text().split() == ["pairwise=1.0,dropout=0.3"]
     calls.write_text("")
-    assert sweep.main(args) == 0  # all finished: nothing runs
+    assert command.main(args) == 0  # all finished: nothing runs
     assert calls.read_text() == ""
     assert "9 runs: 9 finished (skipped)" in capsys.readouterr().out
 
@@ -397,7 +402,7 @@ def test_execute_parallel_skip_and_fail(tmp_path, fake, monkeypatch, capsys):
 def test_gpus_one_per_run(tmp_path, fake):
     python, _ = fake
     root = tmp_path / "root"
-    sweep.main([f"--config={EXAMPLE}", f"--workdir={root}", f"--python={python}", "--gpus=3,5"])
+    command.main([f"--config={EXAMPLE}", f"--workdir={root}", f"--python={python}", "--gpus=3,5"])
     used = [json.loads(p.read_text())["cuda"] for p in root.glob("*/train_summary.json")]
     assert len(used) == 9 and set(used) == {"3", "5"}
 
@@ -441,10 +446,10 @@ def test_emitted_scripts_run(tmp_path, fake, capsys):
     root = tmp_path / "root"
     fake_summary(root / "pairwise=0.0,dropout=0.0", step=6)
     base = [f"--config={EXAMPLE}", f"--workdir={root}"]
-    assert sweep.main([*base, "--emit=shell"]) == 0
+    assert command.main([*base, "--emit=shell"]) == 0
     shell = capsys.readouterr().out
     assert "# skip pairwise=0.0,dropout=0.0: finished" in shell
-    assert sweep.main([*base, "--emit=slurm", "--parallel=4", "--sbatch=--gres=gpu:1"]) == 0
+    assert command.main([*base, "--emit=slurm", "--parallel=4", "--sbatch=--gres=gpu:1"]) == 0
     slurm = capsys.readouterr().out
     assert "#SBATCH --array=0-7%4" in slurm and "#SBATCH --gres=gpu:1" in slurm
     for text in (shell, slurm):
@@ -460,8 +465,8 @@ def test_emitted_scripts_run(tmp_path, fake, capsys):
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert len(calls.read_text().split()) == 1 + 8
-    assert sweep.main([*base, "--aggregate-only"]) == 0  # everything finished
-    assert sweep.main([*base, "--emit=slurm"]) == 0
+    assert command.main([*base, "--aggregate_only"]) == 0  # everything finished
+    assert command.main([*base, "--emit=slurm"]) == 0
     assert "nothing to run" in capsys.readouterr().out
 
 
@@ -562,7 +567,7 @@ MEMBER_KEYS = frozenset({"loss.weights.pairwise", "model.dropout", "model.model_
 
 
 def test_vectorisable_keys_match_members():
-    from modellens_jax import members
+    from modellens_jax.experiments import members
 
     assert sweep.member_keys() == members.MEMBER_KEYS
     assert MEMBER_KEYS <= members.MEMBER_KEYS
@@ -611,7 +616,7 @@ def test_members_jobs_grouping(tmp_path):
                                keys=MEMBER_KEYS)  # fmt: skip
     assert [j.name for j in again] == [j.name for j in jobs]
     assert sweep.members_jobs(runs, [], spec, root, keys=MEMBER_KEYS) == []
-    with pytest.raises(SweepError, match="members-per-job"):
+    with pytest.raises(SweepError, match="members_per_job"):
         sweep.members_jobs(runs, todo, spec, root, per_job=-1, keys=MEMBER_KEYS)
 
 
@@ -639,9 +644,9 @@ def test_vectorize_dry_run_prints_members_commands(tmp_path, capsys):
     extra = ["--config.train.steps=2", "--config.data.source=my dir"]
     fake_summary(root / "pairwise=0.0,dropout=0.1", step=2)  # finished: skipped
     fake_summary(root / "pairwise=1.0,dropout=0.3", step=1)  # partial: trained again
-    base = [f"--config={EXAMPLE}", f"--workdir={root}", "--dry-run", f"--extra={shlex.join(extra)}",
+    base = [f"--config={EXAMPLE}", f"--workdir={root}", "--dry_run", f"--extra={shlex.join(extra)}",
             "--vectorize"]  # fmt: skip
-    assert sweep.main([*base, "--members-per-job=5"]) == 0
+    assert command.main([*base, "--members_per_job=5"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("9 runs: 1 finished (skipped), 0 running elsewhere, 8 to run in 2 vectorised job(s)")  # fmt: skip
     assert "# skip pairwise=0.0,dropout=0.1: done" in out
@@ -661,7 +666,7 @@ def test_vectorize_dry_run_prints_members_commands(tmp_path, capsys):
     assert any("restarts pairwise=1.0,dropout=0.3 from scratch" in line for line in out)
     assert not (root / "pairwise=0.0,dropout=0.0").exists()  # nothing created
     # default: one job with every unfinished run
-    assert sweep.main(base) == 0
+    assert command.main(base) == 0
     out = capsys.readouterr().out
     assert "in 1 vectorised job(s)" in out and len([x for x in out.splitlines() if not x.startswith("#")]) == 1  # fmt: skip
     # the sweep script prints the same; a non-vectorisable sweep is refused, naming the key
@@ -670,10 +675,10 @@ def test_vectorize_dry_run_prints_members_commands(tmp_path, capsys):
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[1:] == out.splitlines()[1:]
     spec = write_config(tmp_path, 'h.product([h.sweep("config.model.hidden_dim", [32, 64]), h.sweep("config.model.dropout", [0.0, 0.1])])')  # fmt: skip
-    assert sweep.main([f"--config={spec}", f"--workdir={root}", "--dry-run", "--vectorize"]) == 2
+    assert command.main([f"--config={spec}", f"--workdir={root}", "--dry_run", "--vectorize"]) == 2
     err = capsys.readouterr().err
     assert "varies config.model.hidden_dim, which cannot be vectorised" in err
-    assert sweep.main([f"--config={EXAMPLE}", f"--workdir={root}", "--members-per-job=2"]) == 2
+    assert command.main([f"--config={EXAMPLE}", f"--workdir={root}", "--members_per_job=2"]) == 2
     assert "needs --vectorize" in capsys.readouterr().err
 
 
@@ -712,9 +717,9 @@ def test_vectorize_execute_skip_fail_and_scripts(tmp_path, fake, monkeypatch, ca
     python.chmod(0o755)
     root = tmp_path / "root"
     args = [f"--config={EXAMPLE}", f"--workdir={root}", f"--python={python}", "--parallel=2",
-            "--vectorize", "--members-per-job=4"]  # fmt: skip
+            "--vectorize", "--members_per_job=4"]  # fmt: skip
     monkeypatch.setenv("FAKE_FAIL", "pairwise=1.0,dropout=0.3")  # the third job (of 1 run)
-    assert sweep.main(args) == 1
+    assert command.main(args) == 1
     out = capsys.readouterr().out
     assert "start members-" in out and "(4 members)" in out and "FAILED members-" in out
     assert "boom" in out
@@ -729,18 +734,18 @@ def test_vectorize_execute_skip_fail_and_scripts(tmp_path, fake, monkeypatch, ca
     # re-run: only the failed member trains again, alone in its job
     monkeypatch.delenv("FAKE_FAIL")
     calls.write_text("")
-    assert sweep.main(args) == 0
+    assert command.main(args) == 0
     assert calls.read_text().splitlines() == ['["pairwise=1.0,dropout=0.3"]']
     calls.write_text("")
-    assert sweep.main(args) == 0 and calls.read_text() == ""
+    assert command.main(args) == 0 and calls.read_text() == ""
     capsys.readouterr()
     # emitted scripts: one line / one array task per members job
     root2 = tmp_path / "root2"
-    base = [f"--config={EXAMPLE}", f"--workdir={root2}", "--vectorize", "--members-per-job=5"]
-    assert sweep.main([*base, "--emit=slurm"]) == 0
+    base = [f"--config={EXAMPLE}", f"--workdir={root2}", "--vectorize", "--members_per_job=5"]
+    assert command.main([*base, "--emit=slurm"]) == 0
     slurm = capsys.readouterr().out
     assert "#SBATCH --array=0-1" in slurm and slurm.count("-m modellens_jax.members") == 2
-    assert sweep.main([*base, "--emit=shell"]) == 0
+    assert command.main([*base, "--emit=shell"]) == 0
     shell = capsys.readouterr().out
     (tmp_path / "shell.sh").write_text(shell)
     env = {**os.environ, "PYTHON": str(python)}

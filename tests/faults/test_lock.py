@@ -78,7 +78,7 @@ def test_export_into_a_locked_bundle_refused(tmp_path, live_pid, capsys):
 
 
 def test_members_locks_each_member_dir(tmp_path, live_pid):
-    from modellens_jax import members
+    from modellens_jax.experiments import members
 
     _plant(tmp_path / "a", live_pid)
     with pytest.raises(jobguard.WorkdirLocked, match=str(live_pid)):
@@ -88,8 +88,11 @@ def test_members_locks_each_member_dir(tmp_path, live_pid):
 
 
 def test_sweep_root_lock(tmp_path, live_pid, capsys):
-    from modellens_jax import sweep
+    import importlib.util
 
+    spec = importlib.util.spec_from_file_location("_launch_sweep", common.ROOT / "launch/sweep.py")
+    sweep = importlib.util.module_from_spec(spec)  # the sweep command
+    spec.loader.exec_module(sweep)
     lk = tmp_path / ".sweep.lock"
     lk.write_text(json.dumps({"pid": live_pid, "host": socket.gethostname(), "command": "sweep"}))
     rc = sweep.main(["--config=configs/sweep_example.py:tiny", f"--workdir={tmp_path}"])
