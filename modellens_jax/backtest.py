@@ -381,21 +381,30 @@ def run(
 
 
 # --- command ------------------------------------------------------------------------------------
-def main(argv) -> None:
-    del argv
-    from absl import flags
-
-    f = flags.FLAGS
-    run(f.config, f.workdir, which=f.folds)
-
-
-if __name__ == "__main__":
+def _define(fv) -> None:
     from absl import flags
 
     from modellens_jax import cli
 
-    cli.define_config_flag()
-    flags.DEFINE_string("workdir", None, "Backtest directory.", required=True)
+    cli.config_flag(fv)
+    flags.DEFINE_string("workdir", None, "Backtest directory.", required=True, flag_values=fv)
     flags.DEFINE_enum("folds", "val", ["val", "test"], "Validation folds (for choosing) or "
-                      "test folds (each read is recorded in WORKDIR/test_reads.jsonl).")  # fmt: skip
-    cli.run(main)
+                      "test folds (each read is recorded in WORKDIR/test_reads.jsonl).",
+                      flag_values=fv)  # fmt: skip
+
+
+def _run(fv) -> None:
+    run(fv.config, fv.workdir, which=fv.folds)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``backtest`` command: ``main(argv) -> exit status`` (``cli.command``)."""
+    from modellens_jax import cli
+
+    return cli.command(_define, _run, __doc__)(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
