@@ -145,7 +145,7 @@ def model_rows(
     """The model rows (every model input but the description vector) from per-model metadata:
     ids, hashed name tokens, size bucket, parameters in billions (NaN unknown), release day
     since 1970 (< 0 undated) and family id."""
-    return {
+    rows = {
         "model_id": np.asarray(model_id),
         "name_tokens": np.asarray(name_tokens),
         "name_mask": np.asarray(name_mask),
@@ -154,6 +154,7 @@ def model_rows(
         "release": schema.release_years(np.asarray(release_day)),
         "family": np.asarray(family),
     }
+    return {k: rows[k] for k in MODEL_ROW_KEYS}
 
 
 def corpus_model_rows(c: Any) -> dict[str, np.ndarray]:
@@ -197,8 +198,6 @@ def context_rows(
     *, dataset_id: np.ndarray, task: np.ndarray, metric: np.ndarray
 ) -> dict[str, np.ndarray]:
     """The context rows (every context input but the description vector)."""
-    return {
-        "dataset_id": np.asarray(dataset_id),
-        "task": np.asarray(task),
-        "metric": np.asarray(metric),
-    }
+    rows = {"dataset_id": np.asarray(dataset_id), "task": np.asarray(task),
+            "metric": np.asarray(metric)}  # fmt: skip
+    return {k: rows[k] for k in CONTEXT_ROW_KEYS}
