@@ -28,7 +28,7 @@ from modellens_jax import cli, evaluate, report, rundir
 from modellens_jax import config as config_lib
 from modellens_jax.data import splits
 
-CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "ablations.py"
+CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "ablations.py"
 
 
 def _ablations_module():
