@@ -333,13 +333,6 @@ class EmbeddingRows:
     def __getitem__(self, index: int) -> np.ndarray:
         return np.asarray(self.array[index], dtype=self.dtype)
 
-    def gather(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Rows ``indices`` as one ``[len(indices), dim]`` array (reads only those rows)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise IndexError(f"{self.path}: row index out of range [0, {len(self)})")
-        return np.asarray(self.array[idx], dtype=self.dtype)
-
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "dtype": self.dtype}
 

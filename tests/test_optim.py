@@ -14,8 +14,8 @@ import pytest
 from flax import nnx
 
 from modellens_jax import losses, optim
-from modellens_jax.data.batch import synthetic_batch
 from modellens_jax.model import FeatureSizes
+from tests.batches import synthetic_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = FeatureSizes(num_model_ids=6, name_buckets=8, num_size_buckets=23, num_families=7,
