@@ -1,4 +1,4 @@
-"""The paper's ablations (method.md §9) as named presets over ``configs/default.py``.
+"""The paper's ablations as named presets over ``configs/default.py``.
 
 Train one::
 

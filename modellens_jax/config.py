@@ -47,7 +47,7 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
     """The config a run was trained with (``WORKDIR/config.json``, the trainer's exact config)."""
     path = Path(workdir) / RUN_CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a training run directory (no {RUN_CONFIG})")
+        raise FileNotFoundError(f"{path}: missing; is {path.parent} a training run directory?")
     try:
         return ml_collections.ConfigDict(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError, ValueError) as e:

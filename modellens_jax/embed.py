@@ -2,25 +2,24 @@
 
 Command::
 
-    python -m modellens_jax.embed --corpus=DIR [--encoder=DIR] [--import-npz=FILE]
-        [--dtype=float16|float32] [--batch-size=64] [--max-length=N]
-        [--cache-dir=DIR | --no-cache] [--write-seed=FILE]
+    python -m modellens_jax.embed --corpus=DIR [--encoder=DIR] [--import_npz=FILE]
+        [--dtype=float16|float32] [--batch_size=64] [--max_length=N]
+        [--cache_dir=DIR | --nocache] [--write_seed=FILE]
 
 writes ``DIR/embeddings/{model_desc.npy, dataset_desc.npy, manifest.json}``: one row per corpus
 model (``corpus.model_texts``; a model without a description gets a text derived from its name
 and metadata by the corpus compiler) and per dataset (``corpus.dataset_texts``). Only texts missing
 from the embedding cache (``modellens_jax.text.cache``) are encoded, so re-running on an unchanged
-corpus encodes nothing and adding 10 models encodes 10. ``--import-npz`` takes the model vectors
+corpus encodes nothing and adding 10 models encodes 10. ``--import_npz`` takes the model vectors
 from an ``.npz`` with ``model_names`` and ``embeddings`` instead (the reference implementation's
 format; names matched through aliases), and the dataset vectors too when it also holds
-``dataset_names`` and ``dataset_embeddings``. ``--write-seed`` also writes every encoded text of
+``dataset_names`` and ``dataset_embeddings``. ``--write_seed`` also writes every encoded text of
 the corpus as a seed cache (``modellens_jax/resources/embeddings/<name>.npz`` ships with the
 package).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from modellens_jax import fsutil
+from modellens_jax import cli, fsutil
 from modellens_jax.text.cache import (
     CacheError,
     EmbeddingCache,
@@ -44,7 +43,6 @@ from modellens_jax.text.cache import (
 )
 from modellens_jax.text.encoder import (
     Encoder,
-    EncoderError,
     EncoderNotFoundError,
     default_encoder_dir,
     encoder_identity,
@@ -206,7 +204,7 @@ def embed_texts(
 
 def name_aliases(name: str) -> tuple[str, str, str]:
     """Match keys of a model name, strictest first: the name, lower-cased with ``-``, ``_`` and
-    spaces removed, and the same for the basename after the last ``/`` (method.md §1)."""
+    spaces removed, and the same for the basename after the last ``/``."""
 
     def squash(s: str) -> str:
         return s.lower().replace("-", "").replace("_", "").replace(" ", "")
@@ -496,49 +494,39 @@ def load_corpus_embeddings(corpus_dir: str | os.PathLike) -> tuple[np.ndarray, n
     return model.array, dataset.array
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parses the command line and runs ``embed_corpus``."""
-    ap = argparse.ArgumentParser(
-        prog="python -m modellens_jax.embed", description=__doc__.split("\n\n")[0]
+def _define(fv) -> None:
+    from absl import flags
+
+    def string(name: str, help_: str, **kw) -> None:
+        flags.DEFINE_string(name, kw.pop("default", None), help_, flag_values=fv, **kw)
+
+    string("corpus", "Compiled corpus directory.", required=True)
+    string("encoder", "BERT-family checkpoint directory, or 'minilm'.")
+    string("import_npz", ".npz with model_names and embeddings (and optionally dataset_*).")
+    flags.DEFINE_enum("dtype", "float32", ["float16", "float32"], "Stored dtype.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 64, "Texts per encoder batch.", flag_values=fv)
+    flags.DEFINE_integer("max_length", None, "Token limit (default: the encoder's).",
+                         flag_values=fv)  # fmt: skip
+    string("cache_dir", "Cache root (default $MODELLENS_CACHE).")
+    flags.DEFINE_bool("cache", True, "Reuse and store cached vectors (--nocache: encode "
+                      "everything, store nothing).", flag_values=fv)  # fmt: skip
+    string("write_seed", "Also write the vectors as a seed .npz.")
+
+
+def _run(fv) -> None:
+    embed_corpus(
+        fv.corpus,
+        encoder=fv.encoder,
+        import_npz_path=fv.import_npz,
+        dtype=fv.dtype,
+        batch_size=fv.batch_size,
+        max_length=fv.max_length,
+        cache=(fv.cache_dir or True) if fv.cache else False,
+        seed_path=fv.write_seed,
     )
-    ap.add_argument("--corpus", required=True, help="compiled corpus directory")
-    ap.add_argument("--encoder", default=None, help="BERT-family checkpoint dir, or 'minilm'")
-    ap.add_argument("--import-npz", default=None, help=".npz with model_names and embeddings")
-    ap.add_argument("--dtype", default="float32", choices=("float16", "float32"))
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--max-length", type=int, default=None)
-    ap.add_argument("--cache-dir", default=None, help="cache root (default $MODELLENS_CACHE)")
-    ap.add_argument("--no-cache", action="store_true", help="encode everything, store nothing")
-    ap.add_argument("--write-seed", default=None, help="also write the vectors as a seed .npz")
-    args = ap.parse_args(argv)
-    cache: Any = False if args.no_cache else (args.cache_dir or True)
-    return embed_corpus(
-        args.corpus,
-        encoder=args.encoder,
-        import_npz_path=args.import_npz,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        cache=cache,
-        seed_path=args.write_seed,
-    )
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors reported as one line (bad input, not bugs)."""
-    errors: list[type[BaseException]] = [EncoderError, CacheError, EmbedError]
-    try:
-        from modellens_jax.data.ingest import CorpusError
-
-        errors.append(CorpusError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
+main = cli.command(_define, _run, __doc__)
 
 if __name__ == "__main__":
-    try:
-        main()
-    except _user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

@@ -87,7 +87,7 @@ def plackett_luce_loss(
     loss), ``"sum"`` keeps it (upstream ``ListwiseRankLoss``; equals ``rax.listmle_loss`` per
     list). Returns ``(Σ_lists ℓ, #lists)``; lists with ``n < 2`` add nothing and are not counted.
 
-    Ties (method.md §10h):
+    Ties:
 
     * ``"stable"`` (option A): items with equal values keep the deterministic order above, so
       the loss learns the tie order given by ``tiebreak`` (default: slot position; the trainer

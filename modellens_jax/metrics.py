@@ -1,10 +1,10 @@
 """Per-group ranking metrics over padded ``[R, L]`` rows (one group per row) and their exact
-aggregation (method.md §7, §10a).
+aggregation, as the reference evaluation computes them.
 
 ``v`` are the true oriented values (higher = better), ``s`` the predicted scores, ``mask`` a bool
 ``[R, L]`` of real items. Per-row functions return ``(values[R], valid[R])``: a row is *valid*
 for a metric when the metric is defined there (``n ≥ 2`` items; ``n ≥ K`` for the @K metrics,
-method.md's per-K group set). Everything is jit-able with fixed shapes and rows are independent,
+the reference's per-K group set). Everything is jit-able with fixed shapes and rows are independent,
 so callers may split rows into chunks freely (the τ metrics build an ``[R, L, L]`` matrix).
 
 Orders: every ranking is a **stable** descending sort over the valid items, ties going to the

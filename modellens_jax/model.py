@@ -1,4 +1,4 @@
-"""The ModelLens scorer (method.md §2–§4) in Flax NNX, with a factorised first layer.
+"""The ModelLens scorer (structural prior + residual MLP over model and context views) in Flax NNX, with a factorised first layer.
 
 The upstream network concatenates, per record, ``name ‖ model-id ‖ model-desc ‖ dataset-id ‖
 dataset-desc ‖ size ‖ family ‖ task ‖ metric`` (in_dim 6016 at the paper's dims) and applies
@@ -10,7 +10,7 @@ dataset desc, task, metric, plus the bias) once per group ``[S, H]``; a record's
 built in training or serving; the tests' ``forward_concatenated`` computes it only to document
 and test the equivalence.
 
-ID dropout (method.md §3, training only): each record independently replaces its model ID and,
+ID dropout (training only): each record independently replaces its model ID and,
 independently, its dataset ID by [UNK] (row 0). In the factorised form this is a per-record
 select between ``Mside[u]`` and ``Mside[u] − W_id·e_id(u) + W_id·e_unk``.
 
@@ -74,7 +74,7 @@ from modellens_jax.data import features
 
 Array = jax.Array
 
-# Feature order of the concatenated input (method.md §4); the split first-layer kernel follows it.
+# Feature order of the concatenated input (the upstream Linear's); the split first-layer kernel follows it.
 FEATURE_ORDER = (
     "name",
     "model_id",
@@ -231,7 +231,7 @@ class Scorer(nnx.Module):
         self.use_dataset_id = bool(c.use_dataset_id)
         self.use_dataset_desc = bool(c.use_dataset_desc)
         self.use_size_feature = bool(c.use_size_feature)
-        # Family is one switch for backbone and prior (method.md §2, §9 "no_family").
+        # Family is one switch for backbone and prior (the "no_family" ablation drops both).
         self.use_family = bool(c.use_family_prior)
         self.use_size_prior = bool(c.use_size_prior) and self.use_size_feature
         self.cold_size_prior = float(c.cold_size_prior)

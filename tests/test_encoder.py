@@ -306,9 +306,13 @@ def test_embed_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     corpus_dir.mkdir()
     state = {"n": 20}
     monkeypatch.setattr(embed, "_load_corpus", lambda d: _fake_corpus(corpus_dir, state["n"]))
-    argv = ["--corpus", str(corpus_dir), "--cache-dir", str(cache_dir), f"--batch-size={BATCH}"]
+    argv = [f"--corpus={corpus_dir}", f"--cache_dir={cache_dir}", f"--batch_size={BATCH}"]
 
-    m1 = embed.main(argv)
+    def run(args: list[str]) -> dict:
+        assert embed.main(args) == 0
+        return json.loads((corpus_dir / "embeddings" / "manifest.json").read_text())
+
+    m1 = run(argv)
     assert m1["stats"]["n_encoded"] == 22 and m1["counts"] == {"model_desc": 20, "dataset_desc": 2}
     out = corpus_dir / "embeddings"
     assert sorted(p.name for p in out.iterdir()) == [
@@ -317,9 +321,9 @@ def test_embed_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "model_desc.npy",
     ]
     assert json.loads((out / "manifest.json").read_text())["identity"] == m1["encoder"]["identity"]
-    assert embed.main(argv)["stats"]["n_encoded"] == 0  # unchanged corpus: nothing encoded
+    assert run(argv)["stats"]["n_encoded"] == 0  # unchanged corpus: nothing encoded
     state["n"] = 30
-    m3 = embed.main([*argv, "--dtype=float16"])  # 10 more models: exactly 10 encoded
+    m3 = run([*argv, "--dtype=float16"])  # 10 more models: exactly 10 encoded
     assert (m3["stats"]["n_encoded"], m3["stats"]["n_cached"]) == (10, 22)
     rows = embed.EmbeddingRows.from_corpus(corpus_dir, "model_desc")
     assert (len(rows), rows.dim, rows.array.dtype) == (30, 384, np.float16)
@@ -328,7 +332,7 @@ def test_embed_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     npz = tmp_path / "m.npz"
     names = [f"model_{i}" for i in range(30)]  # aliases of org/model-i
     np.savez(npz, model_names=np.array(names), embeddings=np.eye(30, 1536, dtype=np.float32))
-    m4 = embed.main([*argv, f"--import-npz={npz}"])
+    m4 = run([*argv, f"--import_npz={npz}"])
     assert m4["dim"] == {"model_desc": 1536, "dataset_desc": 384}
     assert m4["tables"]["model_desc"]["source"] == "import"
     assert m4["stats"]["n_encoded"] == 0
@@ -341,7 +345,7 @@ def test_embed_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         dataset_names=np.array(["imagenet", "mmlu"]),
         dataset_embeddings=np.array([[0.0] * 8, [1.0] * 8], np.float32),
     )
-    m5 = embed.main([*argv, f"--import-npz={npz}"])
+    m5 = run([*argv, f"--import_npz={npz}"])
     assert m5["encoder"] is None and m5["identity"].startswith("npz:m.npz:")
     model_desc, dataset_desc = embed.load_corpus_embeddings(corpus_dir)
     assert model_desc.shape == (30, 8) and dataset_desc[:, 0].tolist() == [1.0, 0.0]

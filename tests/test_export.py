@@ -25,10 +25,10 @@ from trained_bundle import default_config  # the trained bundle's fixtures live 
 from modellens_jax import export
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import features, pipeline, schema
-from tests.batches import synthetic_batch
 from modellens_jax.model import MIN_TEMPERATURE, FeatureSizes, Scorer
 from modellens_jax.serving import bench, recommend, recommender, score
 from modellens_jax.serving import bundle as bundle_format
+from tests.batches import synthetic_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-5, atol=1e-5)
