@@ -41,14 +41,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
-from modellens_jax import evaluate
+from modellens_jax import evaluate, report, rundir
 from modellens_jax.data import competence, splits
 
-MODEL_NAME = evaluate.MODEL_NAME
+MODEL_NAME = report.MODEL_NAME
 JUDGE = "weighted_tau"
 
 
@@ -160,7 +159,7 @@ def _per_group(scorer, tables, sources: np.ndarray) -> dict[str, dict[str, list]
 
 def _write_json(path: Path, doc: Any) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(evaluate._json_safe(doc), allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(report.json_safe(doc), allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -201,10 +200,10 @@ def run_unit(
         tcfg.seed = seed
         t0 = time.perf_counter()
         res = train.train_and_evaluate(tcfg, wd, verbose=False)
-        _, tables, graphdef, state, step = evaluate.restore_state(wd)
-        mesh = jax.tree.leaves(state)[0].sharding.mesh
+        run = rundir.restore(wd)
+        tables, step = run.tables, run.step
         sources = competence.group_sources(tables.corpus)
-        per = _per_group(evaluate.ModelScorer(graphdef, state, mesh), tables, sources)
+        per = _per_group(evaluate.ModelScorer.of(run), tables, sources)
         result["scorers"].setdefault(MODEL_NAME, []).append(per)
         say(f"{unit_dir.name} seed {seed}: {res.step} steps in {time.perf_counter() - t0:.0f}s, "
             f"best checkpoint step {step}")  # fmt: skip
@@ -270,7 +269,7 @@ def summarise(units: Sequence[Mapping[str, Any]], *, resamples: int = 1000) -> d
 
 
 def _ci(r: Mapping[str, float]) -> str:
-    f = evaluate._fmt
+    f = report.fmt
     return f"{f(r['mean'])} [{f(r['lo'])}, {f(r['hi'])}]"
 
 
@@ -302,7 +301,7 @@ def format_markdown(summary: Mapping[str, Any], *, title: str, preamble: Sequenc
         "of the mean over groups, 95 % bootstrap interval over groups in brackets; the trained "
         "model and the best baseline per setting in bold.",
         "",
-        *evaluate._table(head, rows),
+        *report.table(head, rows),
         "",
     ]
     for s in settings:
@@ -311,9 +310,9 @@ def format_markdown(summary: Mapping[str, Any], *, title: str, preamble: Sequenc
         cols = [c for c in dict.fromkeys([MODEL_NAME, best, "lambdarank"]) if c in scorers]
         total = max(sum(v["groups"] for v in srcs.values()), 1)
         rows = [[f"{src} ({v['groups']}, {100 * v['groups'] / total:.0f}%)",
-                 *[evaluate._fmt(v[c]) for c in cols]] for src, v in srcs.items()]  # fmt: skip
+                 *[report.fmt(v[c]) for c in cols]] for src, v in srcs.items()]  # fmt: skip
         lines += [f"**{s}** by source (groups over all runs' units, share)", "",
-                  *evaluate._table(["source", *cols], rows), ""]  # fmt: skip
+                  *report.table(["source", *cols], rows), ""]  # fmt: skip
     return "\n".join(lines)
 
 
