@@ -2,7 +2,7 @@
 
 A scorer is a function from a batch (``modellens_jax.data.batch``, one group per row) to scores
 ``[R, L]``: the trained model, or a baseline (``modellens_jax.baselines``). Metrics are computed
-per group on device, kept per group (for breakdowns) and aggregated as sums and counts (exact
+per group on device, kept per group (for breakdowns) and aggregated by ``metrics.aggregate`` (exact
 across batches and padding).
 
 **Tie order.** Evaluation batches list a group's records in corpus order, which is the
@@ -133,28 +133,7 @@ def evaluate(
         for name, (val, valid) in out.items():
             per.setdefault(name, []).append(np.where(valid, val, np.nan)[real])
     groups = {k: np.concatenate(v) if v else np.zeros(0) for k, v in per.items()}
-    return aggregate(groups, ks), groups
-
-
-def aggregate(groups: dict[str, np.ndarray], ks: tuple[int, ...] = KS) -> dict[str, float]:
-    """Plain means over valid groups, pair-count-weighted means for the tau variants, and the
-    number of groups per K (a group enters the @K means only when n >= K)."""
-    n = groups["n"].astype(np.float64)
-    pairs = n * (n - 1) / 2
-    out: dict[str, float] = {"num_groups": float(len(n))}
-    for name, vals in groups.items():
-        if name in ("group", "n"):
-            continue
-        ok = np.isfinite(vals)
-        out[name] = float(vals[ok].mean()) if ok.any() else float("nan")
-        if name in metrics.TAU_METRICS:
-            w = pairs[ok]
-            out[f"{name}_pairs"] = (
-                float((vals[ok] * w).sum() / w.sum()) if ok.any() else float("nan")
-            )
-    for k in ks:
-        out[f"num_groups@{k}"] = float(np.isfinite(groups.get(f"ndcg@{k}", np.zeros(0))).sum())
-    return out
+    return metrics.aggregate(groups, ks), groups
 
 
 def evaluate_settings(
@@ -205,7 +184,7 @@ def breakdown(
     out = {}
     for v in np.unique(k):
         sel = k == v
-        out[names[int(v)]] = aggregate({n: a[sel] for n, a in groups.items()}, ks)
+        out[names[int(v)]] = metrics.aggregate({n: a[sel] for n, a in groups.items()}, ks)
     return out
 
 

@@ -11,9 +11,8 @@ Orders: every ranking is a **stable** descending sort over the valid items, ties
 lower slot; so tied predicted scores rank in slot order and the "first index" argmax of ``v``
 is the top of the ground-truth order. Ranks are 0-based (0 = best).
 
-Aggregation: :func:`metric_sums` reduces a batch to ``(sum, count)`` scalars (``psum``-able;
-``count`` = number of valid groups, or pair count for the ``*_pairs`` variants) and
-:class:`MetricAccumulator` adds them on the host in float64 and divides once at the end.
+Aggregation: :func:`aggregate` turns the per-group values of any number of batches (kept per
+group for breakdowns) into plain and pair-count-weighted means on the host.
 """
 
 from __future__ import annotations
@@ -21,17 +20,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
 from jax.typing import ArrayLike
 
 __all__ = [
-    "MetricAccumulator",
+    "aggregate",
     "group_metrics",
     "hit_at_k",
-    "metric_sums",
     "ndcg_at_k",
     "recall_at_k",
     "weighted_tau",
@@ -221,59 +218,25 @@ def group_metrics(
     return out
 
 
-def metric_sums(
-    v: ArrayLike, s: ArrayLike, *, mask: ArrayLike, ks: Sequence[int] = (1, 10)
-) -> dict[str, tuple[Array, Array]]:
-    r"""A batch's metrics as ``{name: (sum, count)}`` scalars, to add across batches/devices.
-
-    For each metric of :func:`group_metrics`: ``(Σ_valid m_g, #valid groups)`` (plain mean over
-    groups). For the τ variants also ``"{name}_pairs"``: ``(Σ_valid m_g·P_g, Σ_valid P_g)`` with
-    ``P_g = n_g(n_g−1)/2`` (upstream's pair-count-weighted mean). A fully padded row adds 0.
-    """
-    per_group = group_metrics(v, s, mask=mask, ks=ks)
-    n = _num_items(jnp.asarray(mask)).astype(per_group["weighted_tau"][0].dtype)
+def aggregate(groups: Mapping[str, np.ndarray], ks: Sequence[int] = (1, 10)) -> dict[str, float]:
+    """Exact aggregation of per-group metrics (``{name: [G]}`` with NaN where a metric is
+    undefined, plus ``n``, the group sizes): plain means over the valid groups, pair-count-weighted
+    means (``P_g = n_g(n_g−1)/2``) as ``"{name}_pairs"`` for the τ variants, ``num_groups`` (the
+    groups given) and ``num_groups@K`` (the groups entering the @K means, upstream's
+    ``num_datasets_for_k@K``). A group's metrics do not depend on how groups were batched."""
+    n = groups["n"].astype(np.float64)
     pairs = n * (n - 1) / 2
-    out: dict[str, tuple[Array, Array]] = {}
-    for name, (val, valid) in per_group.items():
-        out[name] = (jnp.sum(jnp.where(valid, val, 0)), jnp.sum(valid).astype(val.dtype))
+    out: dict[str, float] = {"num_groups": float(len(n))}
+    for name, vals in groups.items():
+        if name in ("group", "n"):
+            continue
+        ok = np.isfinite(vals)
+        out[name] = float(vals[ok].mean()) if ok.any() else float("nan")
         if name in TAU_METRICS:
+            w = pairs[ok]
             out[f"{name}_pairs"] = (
-                jnp.sum(jnp.where(valid, val * pairs, 0)),
-                jnp.sum(jnp.where(valid, pairs, 0)),
+                float((vals[ok] * w).sum() / w.sum()) if ok.any() else float("nan")
             )
+    for k in ks:
+        out[f"num_groups@{k}"] = float(np.isfinite(groups.get(f"ndcg@{k}", np.zeros(0))).sum())
     return out
-
-
-class MetricAccumulator:
-    """Adds :func:`metric_sums` outputs on the host in float64; :meth:`result` divides once.
-
-    ``result()`` gives ``sum/count`` per metric (NaN when no group was valid), plus
-    ``num_groups`` (groups with ``n ≥ 2``) and ``num_groups@K`` (groups entering the @K means,
-    upstream's ``num_datasets_for_k@K``).
-    """
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
-
-    def update(self, sums: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> None:
-        """Add one batch's ``{name: (sum, count)}`` (device arrays are fetched here)."""
-        for name, (total, count) in jax.device_get(dict(sums)).items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(np.float64(total))
-            self.counts[name] = self.counts.get(name, 0.0) + float(np.float64(count))
-
-    def reset(self) -> None:
-        self.sums.clear()
-        self.counts.clear()
-
-    def result(self) -> dict[str, float]:
-        out = {
-            name: self.sums[name] / self.counts[name] if self.counts[name] > 0 else float("nan")
-            for name in self.sums
-        }
-        if "weighted_tau_ref" in self.counts:
-            out["num_groups"] = self.counts["weighted_tau_ref"]
-        for name, count in self.counts.items():
-            if name.startswith("ndcg@"):
-                out["num_groups@" + name.removeprefix("ndcg@")] = count
-        return out

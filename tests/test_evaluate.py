@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modellens_jax import evaluate, report, rundir, sharding, train
+from modellens_jax import evaluate, metrics, report, rundir, sharding, train
 from modellens_jax.data import pipeline, schema, splits
 from modellens_jax.experiments import ablate
 
@@ -218,7 +218,7 @@ def test_aggregate_by_hand():
         "ndcg@10": np.array([np.nan, np.nan, np.nan, 0.8]),
         "hit@1": np.array([1.0, 0.0, 1.0, 0.0]),
     }
-    out = evaluate.aggregate(groups, ks=(1, 10))
+    out = metrics.aggregate(groups, ks=(1, 10))
     pairs = np.array([1, 3, 10, 66], float)
     assert out["num_groups"] == 4
     assert out["weighted_tau"] == pytest.approx((1.0 + 0.5 - 0.25) / 3)
@@ -234,7 +234,7 @@ def test_aggregate_by_hand():
     key = np.zeros(12, int)
     key[[9, 11]] = 1
     by = evaluate.breakdown(groups, key, ["a", "b"])
-    assert by["b"] == evaluate.aggregate({k: v[2:] for k, v in groups.items()})
+    assert by["b"] == metrics.aggregate({k: v[2:] for k, v in groups.items()})
     assert by["a"]["num_groups"] + by["b"]["num_groups"] == 4
 
 
