@@ -94,7 +94,7 @@ def load_tables(preset: str, config, cache: str = CACHE) -> pipeline.FeatureTabl
 
 
 def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds: int = 2,
-        cache: str = CACHE) -> dict:  # fmt: skip
+        cache: str = CACHE, scoring: bool = True) -> dict:  # fmt: skip
     """The benchmark's JSON fields (see the module docstring)."""
     tables = load_tables(preset, config, cache)
     sizes = ts.feature_sizes(config, tables)
@@ -119,6 +119,9 @@ def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, acc, batch, weights, key).compile()
     compile_s = time.perf_counter() - t0
+    memory = memory_analysis(compiled)
+    print(f"compiled step: {json.dumps(memory)}", file=sys.stderr, flush=True)
+    h2d_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(batch))
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -143,6 +146,7 @@ def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds
     member_batches = [prefetch.next() for _ in range(steps)] if n_members > 0 else []
     prefetch.close()
     host_s = prefetch.host_seconds - host0
+    ceiling = pipeline_ceiling(ds, steps)
     peak, peak_src = device_peak(str(config.model.compute_dtype))
     a = jax.device_get(acc)
     out = {
@@ -156,6 +160,10 @@ def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds
         "fill_ratio": real / max(slots, 1),
         "data_wait_frac": waits / wall,
         "host_input_s_per_step": host_s / steps,
+        "host_to_device_bytes_per_record": h2d_bytes / max(real / steps, 1),
+        "pipeline_records_per_s": ceiling,
+        "pipeline_ceiling_ratio": ceiling / (real / wall),
+        "memory": memory,
         "compiles": step_fn._cache_size(),
         "recompiles_after_warmup": step_fn._cache_size() - compiles_warm,
         "step_ms_p50": 1e3 * float(np.percentile(times, 50)),
@@ -177,8 +185,55 @@ def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds
         res, state = members_throughput(config, graphdef, state, step_fn, mesh, batches,
                                         n_members, rounds)  # fmt: skip
         out.update(res)
-    out.update(scoring_latency(graphdef, state, tables, n_candidates=47_000))
+    if scoring:
+        out.update(scoring_latency(graphdef, state, tables, n_candidates=47_000))
     return out
+
+
+def memory_analysis(compiled) -> dict[str, int]:
+    """The compiled step's memory (bytes): arguments, outputs, temporaries, generated code."""
+    m = compiled.memory_analysis()
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+              "alias_size_in_bytes", "generated_code_size_in_bytes")  # fmt: skip
+    return {f.removesuffix("_size_in_bytes"): int(getattr(m, f, 0) or 0) for f in fields}
+
+
+def pipeline_ceiling(ds, steps: int) -> float:
+    """Real records per second the host pipeline produces with the step removed (a fresh
+    iterator over the same stream, batches built and dropped)."""
+    it = iter(ds)
+    next(it)  # first-element set-up
+    t0, real = time.perf_counter(), 0
+    for _ in range(max(steps, 1)):
+        real += int(next(it)["mask"].sum())
+    return real / (time.perf_counter() - t0)
+
+
+def rows_sweep(preset: str, config, rows: list[int], steps: int, warmup: int, cache: str) -> dict:
+    """The step at several rows per step (``groups_per_batch = rows / list_size``): per size the
+    records per step and step time, and the least-squares line ``step = fixed + per_record x
+    records``, i.e. the fixed per-step cost (intercept) and the per-record cost (slope)."""
+    L = int(config.input.list_size)
+    points = []
+    for r in rows:
+        c = ml_collections.ConfigDict(config.to_dict())
+        c.input.groups_per_batch = max(1, r // L)
+        c.input.max_models_per_batch = c.input.max_groups_per_batch = 0
+        res = run(preset, c, steps, warmup, cache=cache, scoring=False)
+        points.append({"rows": r, "records_per_step": res["records_per_s"] / res["steps_per_s"],
+                       "step_ms_p50": res["step_ms_p50"], "records_per_s": res["records_per_s"],
+                       "host_to_device_bytes_per_record": res["host_to_device_bytes_per_record"],
+                       "pipeline_ceiling_ratio": res["pipeline_ceiling_ratio"],
+                       "data_wait_frac": res["data_wait_frac"]})  # fmt: skip
+        print(json.dumps(points[-1]), file=sys.stderr, flush=True)
+    x = np.array([p["records_per_step"] for p in points])
+    y = np.array([p["step_ms_p50"] for p in points])
+    slope, fixed = np.polyfit(x, y, 1) if len(points) > 1 else (float("nan"), float("nan"))
+    for p in points:
+        p["fixed_frac"] = float(fixed / p["step_ms_p50"])
+    return {"preset": preset, "sweep": points, "fixed_ms_per_step": float(fixed),
+            "per_record_us": float(slope * 1e3), "best_records_per_s": float(max(
+                p["records_per_s"] for p in points))}  # fmt: skip
 
 
 def member_overrides(config, n: int) -> list[dict]:
@@ -305,10 +360,19 @@ def _define(fv: flags.FlagValues) -> None:
                          "the single step (0: off).", flag_values=fv)  # fmt: skip
     flags.DEFINE_integer("member_rounds", 2, "Alternating single/vectorised timing rounds for "
                          "--members.", flag_values=fv)  # fmt: skip
+    flags.DEFINE_list("rows", [], "Rows per step to sweep (e.g. 2048,8192,32768): prints the "
+                      "fixed per-step cost and the per-record cost instead.", flag_values=fv)  # fmt: skip
 
 
 def _run(fv: flags.FlagValues) -> None:
     config = bench_config(fv.preset, fv.config)
+    if fv.rows:
+        try:
+            rows = [int(r) for r in fv.rows]
+        except ValueError as e:
+            raise cli.UsageError(f"--rows={','.join(fv.rows)}: expected integers") from e
+        print(json.dumps(rows_sweep(fv.preset, config, rows, fv.steps, fv.warmup, fv.cache)))
+        return
     res = run(fv.preset, config, fv.steps, fv.warmup, fv.members, fv.member_rounds,
               cache=fv.cache)  # fmt: skip
     print(json.dumps(res), flush=True)
