@@ -73,13 +73,14 @@ def _num(key: str, v: Any, integer: bool) -> float:
 INT_POSITIVE = ("input.groups_per_batch", "input.list_size", "train.steps", "train.log_every",
                 "train.eval_every", "train.checkpoint_every", "train.keep_latest",
                 "model.hidden_dim", "embed.batch_size", "embed.max_length",
-                "data.name_buckets", "data.max_name_tokens")  # fmt: skip
+                "data.name_buckets", "data.max_name_tokens", "ensemble.members")  # fmt: skip
 INT_NONNEG = ("input.max_models_per_batch", "input.max_groups_per_batch", "input.worker_count",
               "input.prefetch", "train.keep_best", "train.early_stop_patience",
               "optim.warmup_steps", "seed", "model.interaction_dim")  # fmt: skip
 DIMS = ("model_id_dim", "name_dim", "dataset_id_dim", "task_dim", "metric_dim", "size_dim",
         "family_dim")  # fmt: skip
 POSITIVE = ("model.init_temperature",)
+MAX_MEMBERS = 16  # seed-ensemble members trained in one program (ensemble.members)
 # learning_rate 0 is allowed (a frozen run: tests use it to hold the judge constant).
 NONNEG = ("optim.learning_rate", "optim.weight_decay", "optim.clip_norm", "loss.bpr_weight_cap", "model.id_init_std",
           "model.cold_size_prior", "loss.weights.listwise", "loss.weights.pairwise",
@@ -141,6 +142,25 @@ def _check_keys(config: ml_collections.ConfigDict, only: set[str] | None, judges
             raise ConfigError(f"config {k}={v!r}: expected one of {', '.join(allowed)}")
 
 
+UPDATE_INT_POSITIVE = ("updates.steps", "updates.eval_every")
+UPDATE_INT_NONNEG = ("updates.warmup_steps", "updates.seed")
+
+
+def validate_update(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The ``updates`` section (``modellens_jax.update``): budget, schedule and replay share."""
+    for k in UPDATE_INT_POSITIVE + UPDATE_INT_NONNEG:
+        v, positive = _num(k, _get(config, k), True), k in UPDATE_INT_POSITIVE
+        if v < (1 if positive else 0):
+            raise ConfigError(f"config {k}={v!r}: must be {'> 0' if positive else '>= 0'}")
+    lr = _num("updates.learning_rate", _get(config, "updates.learning_rate"), False)
+    if lr < 0:
+        raise ConfigError(f"config updates.learning_rate={lr!r}: must be >= 0")
+    r = _num("updates.replay", _get(config, "updates.replay"), False)
+    if not 0 <= r <= 1:
+        raise ConfigError(f"config updates.replay={r!r}: must be in [0, 1]")
+    return config
+
+
 def validate(
     config: ml_collections.ConfigDict,
     *,
@@ -159,10 +179,16 @@ def validate(
     if partial:
         return _validate_partial(config, judges)
     _check_keys(config, None, judges)
+    if _has(config, "updates"):
+        validate_update(config)
     w = config.loss.weights
     if not any(float(w[k]) > 0 for k in ("listwise", "pairwise", "pointwise")):
         raise ConfigError("config loss.weights: at least one of listwise, pairwise, pointwise "
                           "must be > 0")  # fmt: skip
+    n_members = int(config.ensemble.members)
+    if n_members > MAX_MEMBERS:
+        raise ConfigError(f"config ensemble.members={n_members}: at most {MAX_MEMBERS} (every "
+                          "member's state is held in one program)")  # fmt: skip
     # The data section (splits, overrides) has its own checks, shared with ``prepare``.
     from modellens_jax.data import corpus
 

@@ -438,6 +438,9 @@ def _export(workdir, out: Path, *, step: int | None, platforms: Sequence[str]) -
         ),
         "judge_metric": str(r.config.train.judge),
     }
+    lineage = rundir.read_lineage(workdir)
+    if lineage:  # the updates this run went through (modellens_jax.update)
+        source["lineage"] = lineage
     return write_bundle(model, r.config, r.corpus, r.tables, out, source=source,
                         platforms=platforms)  # fmt: skip
 

@@ -31,7 +31,16 @@ class LazyMoment(nnx.Variable):
 
 
 def schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warm-up, then cosine decay to 5% (or constant)."""
+    """Linear warm-up, then cosine decay to 5% (or constant). An update's fine-tune (``update``)
+    sets ``optim.step_offset`` to the optimizer steps it starts from: its schedule starts there."""
+    offset = int(config.optim.get("step_offset", 0))
+    if offset:
+        base = _schedule(config)
+        return lambda count: base(count - offset)
+    return _schedule(config)
+
+
+def _schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     o = config.optim
     steps = max(int(config.train.steps), 1)
     warm = min(int(o.warmup_steps), steps - 1)  # warmup_steps >= 0 (config_check)

@@ -5,13 +5,15 @@ and backtests.
 ``WORKDIR/config.json`` the exact config; ``corpus/`` the compiled corpus (+ ``embeddings/``);
 ``checkpoints/<step>/`` Orbax checkpoints with ``meta`` (``checkpoint_meta``); ``metrics.jsonl``
 and ``tb/`` the curves; ``train_summary.json`` (``write_summary``) the last step, the best
-validation point and the compile count.
+validation point and the compile count; ``lineage.jsonl`` (``append_lineage``) one line per
+incremental update (``modellens_jax.update``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,10 @@ from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import pipeline
 
 SUMMARY = "train_summary.json"
+LINEAGE = "lineage.jsonl"
+# A corpus an update merged carries this per-record mask: the records its fine-tune trains on
+# (the new records' groups and a replayed sample of the others); absent = every training record.
+FINETUNE = "rec_finetune"
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -61,11 +67,10 @@ def load_data(config: ml_collections.ConfigDict, workdir: str | Path, *, verbose
     return corpus, tables
 
 
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
+def finetune_records(corpus: corpus_lib.Corpus) -> np.ndarray | None:
+    """The training records an update's fine-tune streams (``FINETUNE``), None = all of them."""
+    mask = corpus.arrays.get(FINETUNE)
+    return None if mask is None else np.asarray(mask, bool)
 
 
 def _barrier(name: str) -> None:
@@ -95,6 +100,22 @@ def read_summary(workdir: str | Path) -> dict[str, Any]:
     """The run's ``train_summary.json`` ({} before training finished)."""
     path = Path(workdir) / SUMMARY
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_lineage(workdir: str | Path) -> list[dict[str, Any]]:
+    """The run's updates, oldest first (``lineage.jsonl``; [] for a run never updated)."""
+    path = Path(workdir) / LINEAGE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_lineage(workdir: str | Path, entry: dict[str, Any]) -> None:
+    """Appends one update's line to ``lineage.jsonl`` (flushed and fsynced)."""
+    with (Path(workdir) / LINEAGE).open("a") as f:
+        f.write(json.dumps(entry, default=float) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # --- restoring a run ----------------------------------------------------------------------------

@@ -28,6 +28,10 @@ from modellens_jax.metric_writer import MetricWriter
 from modellens_jax.train_state import DevicePrefetch, acc_zeros
 
 Validate = Callable[[Callable[[dict], np.ndarray], Any], "tuple[float, dict]"]
+# (graphdef, freshly initialised state, state shardings) -> the state a run without checkpoints
+# starts from (``update`` passes the parent run's state, its tables extended).
+InitialState = Callable[[Any, Any, Any], Any]
+
 
 # --- the loop -----------------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -48,11 +52,13 @@ def _host_scores(x: jax.Array) -> np.ndarray:
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str | Path, *, verbose: bool = True,
     stop_after: int | None = None, validate: Validate | None = None,
+    initial_state: InitialState | None = None,
 ) -> TrainResult:  # fmt: skip
     """Trains (resuming from ``workdir`` if it holds checkpoints); ``stop_after`` simulates an
     interruption after that many steps of this call (tests). ``validate(scorer, tables) ->
     (judge, results)`` scores the validation split (default: ``evaluate.validator`` with the
     config's ``train.judge``); it drives checkpoint selection and early stopping.
+    ``initial_state`` replaces the random initialisation when there is no checkpoint to resume.
 
     The config is validated first (``config_check.ConfigError``); the workdir is locked for the
     run (``jobguard.WorkdirLocked`` if another job holds it). SIGTERM / SIGINT finish the
@@ -70,7 +76,8 @@ def train_and_evaluate(
 
         validate = evaluate.validator(str(config.train.judge))
     with lock, jobguard.StopSignals() as stop:
-        return _train_and_evaluate(config, workdir, say, verbose, stop_after, stop, validate)
+        return _train_and_evaluate(config, workdir, say, verbose, stop_after, stop, validate,
+                                   initial_state)  # fmt: skip
 
 
 def _stop_requested(stop: jobguard.StopSignals) -> str | None:
@@ -86,7 +93,8 @@ def _stop_requested(stop: jobguard.StopSignals) -> str | None:
 
 
 def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: int | None,
-                        stop: jobguard.StopSignals, validate: Validate) -> TrainResult:  # fmt: skip
+                        stop: jobguard.StopSignals, validate: Validate,
+                        initial_state: InitialState | None = None) -> TrainResult:  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
 
     # --- data ----------------------------------------------------------------------------
@@ -109,6 +117,8 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
     graphdef, state, state_sh = train_state.init_state(
         config, sizes, mesh, train_state.untrained_rows(sizes, tables)
     )
+    if initial_state is not None:
+        state = initial_state(graphdef, state, state_sh)
 
     # --- data stream -----------------------------------------------------------------------
     max_groups = int(config.input.get("max_groups_per_batch", 0))
@@ -117,6 +127,7 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
         seed=int(config.seed), process_index=jax.process_index(), process_count=n_proc,
         num_models=num_models // n_proc, num_groups=max_groups // n_proc,
         worker_count=int(config.input.worker_count), slot_block=block,
+        records=rundir.finetune_records(corpus),
     )  # fmt: skip
     it = iter(ds)
 

@@ -15,10 +15,12 @@ PACKAGE = ROOT / "modellens_jax"
 # The commands: python -m modellens_jax.<name>; those that take --config (and overrides).
 COMMANDS = ("prepare", "embed", "train", "evaluate", "backtest", "ablate", "members", "bench",
             "sweep", "main", "export", "recommend", "score", "serve", "serve_http", "atlas",
-            "loadtest")  # fmt: skip
-CONFIG_COMMANDS = ("prepare", "train", "backtest", "ablate", "members", "bench", "main")
+            "loadtest", "update", "update_backtest")  # fmt: skip
+CONFIG_COMMANDS = ("prepare", "train", "backtest", "ablate", "members", "bench", "main", "update",
+                   "update_backtest")  # fmt: skip
 # The modules that may import the training loop: the commands that train.
-TRAINERS = {"modellens_jax.main", "modellens_jax.backtest", "modellens_jax.experiments.ablate"}
+TRAINERS = {"modellens_jax.main", "modellens_jax.backtest", "modellens_jax.experiments.ablate",
+            "modellens_jax.update", "modellens_jax.update_backtest"}  # fmt: skip
 
 
 def module_name(path: Path) -> str:

@@ -48,6 +48,9 @@ class Compiled:
     vocab: dict[str, list[str]]
     texts: dict[str, list[str]]
     report: dict[str, Any]
+    # the records' oriented values in float64 (the sort key; not written): an update re-sorts
+    # merged records by the same key
+    values: np.ndarray | None = None
 
 
 def _vocab(values) -> list[str]:
@@ -259,23 +262,7 @@ def compile_corpus(
     else:
         split, setting = splits.assign(dataset_stratum=stratum, **common)
 
-    # z-scores inside each (group, partition): train records among train records, held-out
-    # records among the held-out records of the same split and setting (no leakage of test
-    # values into training targets).
-    n_set = len(splits.ALL_SETTINGS)
-    part = np.where(split == splits.TRAIN, 0, 1 + split * n_set + setting).astype(np.int64)
-    zkey = rec_group.astype(np.int64) * 16 + part
-    _, inv, cnt = np.unique(zkey, return_inverse=True, return_counts=True)
-    mean = np.bincount(inv, value) / cnt
-    var = np.bincount(inv, (value - mean[inv]) ** 2) / cnt
-    # A partition whose values are all equal has z = 0 (its float mean can differ from the
-    # value by an ulp, which would otherwise divide rounding noise by a ~1e-17 std).
-    lo = np.full(len(cnt), np.inf)
-    hi = np.full(len(cnt), -np.inf)
-    np.minimum.at(lo, inv, value)
-    np.maximum.at(hi, inv, value)
-    std = np.where(hi > lo, np.sqrt(var), 0.0)
-    z = np.where(std[inv] > 0, (value - mean[inv]) / np.where(std[inv] > 0, std[inv], 1), 0.0)
+    z = zscores(rec_group, value, split, setting)
 
     offsets = np.r_[0, np.cumsum(np.bincount(rec_group, minlength=len(groups)))].astype(np.int64)
     # Learned IDs: 1 + rank among entities with a training record; 0 = [UNK].
@@ -320,7 +307,28 @@ def compile_corpus(
         "datasets": [dataset_text(n, t, d) for n, t, d in zip(dataset_names, d_task, d_desc)],
     }
     report.update(_summary(arrays, vocab))
-    return Compiled(arrays, vocab, texts, report)
+    return Compiled(arrays, vocab, texts, report, values=value)
+
+
+def zscores(rec_group: np.ndarray, value: np.ndarray, split: np.ndarray,
+            setting: np.ndarray) -> np.ndarray:  # fmt: skip
+    """z-scores inside each (group, partition): train records among train records, held-out
+    records among the held-out records of the same split and setting (no leakage of test
+    values into training targets)."""
+    n_set = len(splits.ALL_SETTINGS)
+    part = np.where(split == splits.TRAIN, 0, 1 + split * n_set + setting).astype(np.int64)
+    zkey = rec_group.astype(np.int64) * 16 + part
+    _, inv, cnt = np.unique(zkey, return_inverse=True, return_counts=True)
+    mean = np.bincount(inv, value) / cnt
+    var = np.bincount(inv, (value - mean[inv]) ** 2) / cnt
+    # A partition whose values are all equal has z = 0 (its float mean can differ from the
+    # value by an ulp, which would otherwise divide rounding noise by a ~1e-17 std).
+    lo = np.full(len(cnt), np.inf)
+    hi = np.full(len(cnt), -np.inf)
+    np.minimum.at(lo, inv, value)
+    np.maximum.at(hi, inv, value)
+    std = np.where(hi > lo, np.sqrt(var), 0.0)
+    return np.where(std[inv] > 0, (value - mean[inv]) / np.where(std[inv] > 0, std[inv], 1), 0.0)
 
 
 def _release_days(mtab: pd.DataFrame, agg: pd.DataFrame, names: list[str]) -> np.ndarray:
@@ -371,6 +379,11 @@ def _backtest_horizon(
     }
     cutoff = {s: int(d) for s, d in zip(sources, cut)}
     return agg[~drop].reset_index(drop=True), cutoff, dict(zip(names, src))
+
+
+def summary(a: dict[str, np.ndarray], vocab: dict[str, list[str]]) -> dict[str, Any]:
+    """The counts of a corpus's report (records, entities, group sizes, splits, learned IDs)."""
+    return _summary(a, vocab)
 
 
 def _summary(a: dict[str, np.ndarray], vocab: dict[str, list[str]]) -> dict[str, Any]:

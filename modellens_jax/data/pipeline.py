@@ -40,11 +40,15 @@ def _rng(*keys: int) -> np.random.Generator:
 
 
 def lists_by_group(
-    corpus: Corpus, split: int, setting: int | None = None, min_size: int = 2
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(group ids, record-index arrays) of the records of ``split`` (and ``setting``) per group,
-    keeping groups with at least ``min_size`` records."""
+    corpus: Corpus, split: int, setting: int | None = None, min_size: int = 2,
+    records: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
+    """(group ids, record-index arrays) of the records of ``split`` (and ``setting``; and of
+    ``records``, a per-record mask, when given) per group, keeping groups with at least
+    ``min_size`` records."""
     keep = np.asarray(corpus["rec_split"]) == split
+    if records is not None:
+        keep &= np.asarray(records, bool)
     if setting is not None:
         keep &= np.asarray(corpus["rec_setting"]) == setting
     idx = np.flatnonzero(keep)
@@ -61,8 +65,9 @@ def lists_by_group(
 class TrainLists:
     """Random-access source of training lists (arrays of record indices), epoch-shuffled."""
 
-    def __init__(self, corpus: Corpus, *, list_size: int, seed: int, split: int = splits.TRAIN):
-        self.groups, self.lists = lists_by_group(corpus, split)
+    def __init__(self, corpus: Corpus, *, list_size: int, seed: int, split: int = splits.TRAIN,
+                 records: np.ndarray | None = None):  # fmt: skip
+        self.groups, self.lists = lists_by_group(corpus, split, records=records)
         if not self.lists:
             raise ValueError(f"{corpus.dir}: no group has >= 2 records in the training split")
         self.list_size = list_size
@@ -347,6 +352,7 @@ def train_dataset(
     num_groups: int = 0,
     worker_count: int = 0,
     slot_block: int | None = None,
+    records: np.ndarray | None = None,
 ) -> tuple[grain.IterDataset, TrainLists]:
     """The training stream for this process (``rows`` = process-local rows, ``num_models`` =
     process-local models block).
@@ -354,8 +360,9 @@ def train_dataset(
     Each process reads lists ``process_index::process_count`` of the shuffled stream. Its
     ``model_slot``/``group_slot`` point into the *global* models/groups blocks, which are the
     process-local blocks concatenated in mesh order: ``slot_block`` is this process's position
-    there (``sharding.process_block``; default ``process_index``)."""
-    src = TrainLists(tables.corpus, list_size=list_size, seed=seed)
+    there (``sharding.process_block``; default ``process_index``). ``records`` (a per-record
+    mask) restricts the stream to those training records (an update's fine-tune set)."""
+    src = TrainLists(tables.corpus, list_size=list_size, seed=seed, records=records)
     # No read threads: an element is a slice of an in-memory index array (microseconds), and
     # grain's default thread pool (16 threads, 500-element buffer, whose depth it re-measures
     # per element) cost ~6x the pipeline's own CPU. The loop's DevicePrefetch thread already
