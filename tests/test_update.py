@@ -171,7 +171,7 @@ def test_update_without_new_records_is_a_noop(parent, sources, tmp_path):
 
 
 # --- 4. an interrupted update resumes bit-exactly -----------------------------------------------
-def test_interrupted_update_resumes_bit_exactly(parent, updated, sources, tmp_path):
+def test_interrupted_update_resumes_bit_exactly(parent, updated, sources, tmp_path, capsys):
     from modellens_jax import jobguard
 
     wd = copy_run(parent, tmp_path / "run")
@@ -179,7 +179,10 @@ def test_interrupted_update_resumes_bit_exactly(parent, updated, sources, tmp_pa
         update.run(wd, sources[1], settings(), verbose=False, stop_after=1)
     assert (wd / update.STAGE / "checkpoints").is_dir()
     assert tree_digest(wd / "checkpoints") == tree_digest(parent / "checkpoints")  # untouched
-    entry = update.run(wd, sources[1], settings(), verbose=False)  # the same command again
+    capsys.readouterr()
+    entry = update.run(wd, sources[1], settings(), verbose=True)  # the same command again
+    out = capsys.readouterr().out
+    assert "resuming the update in" in out and "resumed from step 1 " in out, out
     ref, ref_entry = updated
     assert entry["fingerprint"] == ref_entry["fingerprint"]
     assert entry["best"] == ref_entry["best"] and entry["judge_before"] == ref_entry["judge_before"]
