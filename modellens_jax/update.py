@@ -11,7 +11,8 @@ learned ID its row; new ones are appended. The new corpus records its parent's f
 Splits: every record the run already had keeps its split and setting; a new record trains,
 except on a dataset or model the run holds out (validation or test), where it joins that
 hold-out, so the run's evaluation splits stay clean. ``--cutoff`` (arrival backtests only) moves
-the fold's cut-off instead: every record then has the split ``prepare`` gives it there.
+the fold's cut-off instead: every record the run has not trained on then has the split
+``prepare`` gives it there (a record it trained on stays in training: it cannot be held out).
 
 The latest checkpoint is extended (new rows of the ID tables start at the [UNK] row, new rows of
 the family/task/metric tables at zero, their optimizer moments at zero; every existing parameter
@@ -278,8 +279,11 @@ def merge(parent: corpus_lib.Corpus, raw: ingest.RawCorpus, data_cfg, *, cutoff_
     prev = np.where(pkey[porder][pos] == mkey, porder[pos], -1)
     is_new = prev < 0
     split, setting = rec["rec_split"].copy(), rec["rec_setting"].copy()
-    if not cutoff_moved:
-        psplit, psetting = np.asarray(parent["rec_split"]), np.asarray(parent["rec_setting"])
+    psplit, psetting = np.asarray(parent["rec_split"]), np.asarray(parent["rec_setting"])
+    if cutoff_moved:  # a record the run trained on cannot be held out again
+        trained = ~is_new & (psplit[np.maximum(prev, 0)] == splits.TRAIN)
+        split[trained], setting[trained] = splits.TRAIN, psetting[prev[trained]]
+    else:
         split[~is_new], setting[~is_new] = psplit[prev[~is_new]], psetting[prev[~is_new]]
 
         # held-out entities of the parent: records, none in training

@@ -8,8 +8,9 @@ For each consecutive pair of validation cut-offs (``backtest.val_cutoffs``, hori
 full run trained at cut-off k is copied and updated (``modellens_jax.update`` with
 ``--cutoff`` = k+1: the records the fold holds as arrivals after k up to k+1 move into training;
 ``updates.*`` of the config set the fine-tune), and a full run is trained from scratch at k+1.
-Both are scored on the fold k+1's evaluation groups per setting (mean τ_w over groups, as
-``backtest``). Wall times: the update command's whole run (merge, fine-tune, swap) against the
+Both are scored per setting (mean τ_w over groups, as ``backtest``) on the same records: the fold
+k+1's evaluation records that the run at k had not trained on (its completion draw differs from
+k+1's; a record it trained on stays in training after the update). Wall times: the update command's whole run (merge, fine-tune, swap) against the
 retrain's prepare + training. Finished runs are reused on rerun; the table goes to
 ``WORKDIR/update_backtest.md`` and ``.json``.
 """
@@ -28,6 +29,7 @@ import numpy as np
 
 from modellens_jax import backtest, cli, evaluate, report, rundir, train, update
 from modellens_jax.data import competence, ingest, splits
+from modellens_jax.data import corpus as corpus_lib
 
 
 def _full(config, wd: Path, cutoff: float, horizon: float, split_seed: int, seed: int,
@@ -74,9 +76,28 @@ def _updated(src: Path, wd: Path, config, cutoff: float, say) -> dict[str, Any]:
     return doc
 
 
-def _scores(wd: Path) -> dict[str, dict[str, float]]:
-    """Mean τ_w over the evaluation groups of each setting (and their count)."""
+def _keys(c) -> np.ndarray:
+    """Per record of corpus ``c``: 'dataset|task|metric|model|split|setting'."""
+    v = c.vocab
+    g = np.asarray(c["rec_group"])
+    parts = [np.asarray(v["datasets"], object)[np.asarray(c["group_dataset"])[g]],
+             np.asarray(v["tasks"], object)[np.asarray(c["group_task"])[g]],
+             np.asarray(v["metrics"], object)[np.asarray(c["group_metric"])[g]],
+             np.asarray(v["models"], object)[np.asarray(c["rec_model"])],
+             np.asarray(c["rec_split"]).astype(str), np.asarray(c["rec_setting"]).astype(str)]  # fmt: skip
+    return np.array(["|".join(map(str, t)) for t in zip(*parts)], object)
+
+
+def _scores(wd: Path, evaluated: set[str] | None = None) -> dict[str, dict[str, float]]:
+    """Mean τ_w over the evaluation groups of each setting (and their count); ``evaluated``
+    (``_keys``) restricts the evaluation records to those."""
     run = rundir.restore(wd)
+    if evaluated is not None:
+        c = run.tables.corpus
+        out = ~np.isin(_keys(c), list(evaluated))
+        split = np.asarray(c["rec_split"]).copy()
+        split[out & (split == splits.TEST)] = splits.VAL  # not evaluated below
+        c.arrays["rec_split"] = split
     per = backtest._per_group(evaluate.ModelScorer.of(run), run.tables,
                               competence.group_sources(run.tables.corpus))  # fmt: skip
     return {s: {"tau": float(np.mean(v["tau"])) if v["tau"] else float("nan"),
@@ -104,7 +125,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, pairs: int = 
                 retrain = _full(config, full_k1, k1, horizon, s, t, say)
                 upd_dir = base / f"update-cut{k:g}-to{k1:g}"
                 upd = _updated(full_k, upd_dir, config, k1, say)
-                a, b = _scores(upd_dir), _scores(full_k1)
+                # Both on the same records: the k+1 fold's evaluation records the run at k had
+                # not trained on (the update keeps those in training; see update --cutoff).
+                test = str(splits.TEST)
+                both = {k for k in _keys(corpus_lib.load_corpus(upd_dir / "corpus"))
+                        if k.split("|")[4] == test}  # fmt: skip
+                a, b = _scores(upd_dir, both), _scores(full_k1, both)
                 row = {"cutoffs": [k, k1], "split_seed": s, "train_seed": t,
                        "update_wall_s": upd["wall_s"], "retrain_wall_s": retrain["wall_s"],
                        "update_steps": upd["steps"], "retrain_steps": retrain["steps"],
