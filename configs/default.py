@@ -124,6 +124,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.input.max_groups_per_batch = 0  # lists per batch; 0 = 4 * groups_per_batch when packing
     c.input.worker_count = 0
     c.input.prefetch = 2
+    c.input.device_tables = True  # feature tables live on the devices; batches carry row indices
 
     # --- optimisation ---------------------------------------------------------------------
     c.optim = ml_collections.ConfigDict()

@@ -33,6 +33,7 @@ Validate = Callable[[Callable[[dict], np.ndarray], Any], "tuple[float, dict]"]
 InitialState = Callable[[Any, Any, Any], Any]
 
 
+
 # --- the loop -----------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainResult:
@@ -121,6 +122,9 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
         state = initial_state(graphdef, state, state_sh)
 
     # --- data stream -----------------------------------------------------------------------
+    # Feature tables on the devices (loaded once): batches then carry row indices only.
+    dev_tables = (train_state.device_tables(tables, mesh)
+                  if config.input.get("device_tables", False) else None)  # fmt: skip
     max_groups = int(config.input.get("max_groups_per_batch", 0))
     ds, _ = pipeline.train_dataset(
         tables, rows=rows // n_proc, list_size=L, pack=bool(config.input.pack),
@@ -128,6 +132,7 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
         num_models=num_models // n_proc, num_groups=max_groups // n_proc,
         worker_count=int(config.input.worker_count), slot_block=block,
         records=rundir.finetune_records(corpus),
+        device_tables=dev_tables is not None,
     )  # fmt: skip
     it = iter(ds)
 
@@ -180,7 +185,9 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
     weights = train_state.loss_weights(config)
     base_key = jax.random.key(int(config.seed))
     repl = sharding.replicated(mesh)
-    step_fn = train_state.jit_train_step(graphdef, config, mesh, state_sh)
+    step_fn = train_state.jit_train_step(graphdef, config, mesh, state_sh,
+                                         tables=dev_tables is not None)  # fmt: skip
+    step_extra = () if dev_tables is None else (dev_tables,)
     score_fn = train_state.jit_score(graphdef, mesh, state_sh)
 
     def model_scorer(batch):
@@ -224,7 +231,7 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
             batch, data_state, n_real, n_all = prefetch.next()
             wait_window += time.perf_counter() - t0
             fill_real, fill_all = fill_real + n_real, fill_all + n_all
-            state, acc = step_fn(state, acc, batch, weights, base_key)
+            state, acc = step_fn(state, acc, batch, weights, base_key, *step_extra)
             last_data_state = data_state
             if step == start + 1:
                 compiles_after_warmup = step_fn._cache_size()

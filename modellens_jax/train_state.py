@@ -184,17 +184,65 @@ def untrained_rows(sizes: FeatureSizes, tables: pipeline.FeatureTables) -> dict[
     """The embedding rows no training record reaches (``FeatureTables.untrained_rows``)."""
     return tables.untrained_rows(sizes.name_buckets, sizes.num_size_buckets)
 
+
+def device_tables(tables: pipeline.FeatureTables, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """The feature tables on the mesh, loaded once (replicated), for steps whose batches carry
+    row indices only: every model input by model row, every context input by group row (the
+    dataset description through the group's dataset), competence features by record."""
+    t = tables
+    d = {f"model/{k}": v for k, v in t.model_cols.items()}
+    d["model/model_desc"] = np.asarray(t.model_desc)
+    d.update({f"group/{k}": v for k, v in t.group_cols.items()})
+    d["group/dataset"] = t.group_dataset.astype(np.int32)
+    d["dataset/dataset_desc"] = np.asarray(t.dataset_desc)
+    if t.competence is not None:
+        d["record/competence"] = t.competence.astype(np.float32)
+        d["record/competence_cold"] = t.competence_cold.astype(np.float32)
+    return jax.device_put(d, sharding.replicated(mesh))
+
+
+def expand(tables: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> dict:
+    """A device-tables batch (``pipeline.ROW_KEYS``) with its rows gathered from ``tables``:
+    the same arrays the host would have built."""
+    out = {k: v for k, v in batch.items() if k not in pipeline.ROW_KEYS}
+    m, g = batch["model_row"], batch["group_row"]
+    for key, table in tables.items():
+        kind, name = key.split("/")
+        if kind == "model":
+            out[name] = table[m]
+        elif kind == "group" and name != "dataset":
+            out[name] = table[g]
+        elif kind == "record":
+            mask = batch["mask"][..., None]
+            out[name] = jnp.where(mask, table[batch["record"]], jnp.zeros((), table.dtype))
+    out["dataset_desc"] = tables["dataset/dataset_desc"][tables["group/dataset"][g]]
+    return out
+
+
 def jit_train_step(graphdef, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                   state_sh, *, members: bool = False):  # fmt: skip
+                   state_sh, *, members: bool = False, member_keys: bool = False,
+                   tables: bool = False):  # fmt: skip
     """The jitted step on ``mesh``: state sharded by ``state_sh`` and donated with the
     accumulators, the batch split over the data axis. ``members`` vmaps it over a leading member
     axis of state, accumulators, loss weights and rates (``(state, acc, batch, weights, key,
-    rates)``), so N ablation members train in one program."""
+    rates)``), so N ablation members train in one program; ``member_keys`` gives the key a
+    member axis too (seed members: their own dropout and ID-dropout draws). ``tables``: the
+    batch carries row indices and the step takes the ``device_tables`` as a last argument and
+    gathers the rows (``expand``); not with ``members``."""
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     step = make_train_step(graphdef, config)
     shardings = (state_sh, repl, batch_sh, repl, repl)
+    if tables:
+        if members:
+            raise ValueError("device tables are for the single step (members take host batches)")
+        inner = step
+
+        def step(state, acc, batch, weights, base_key, tabs):
+            return inner(state, acc, expand(tabs, batch), weights, base_key)
+
+        shardings = (*shardings, repl)
     if members:
-        step = jax.vmap(step, in_axes=(0, 0, None, 0, None, 0))
+        step = jax.vmap(step, in_axes=(0, 0, None, 0, 0 if member_keys else None, 0))
         shardings = (*shardings, repl)
     return jax.jit(step, in_shardings=shardings, out_shardings=(state_sh, repl),
                    donate_argnums=(0, 1))  # fmt: skip

@@ -542,6 +542,43 @@ def test_early_stopping_keeps_best(workdir):
 
 
 # --- 10. the input pipeline ---------------------------------------------------------------------
+def test_device_tables_expand_to_the_host_batch(tables):
+    """A device-tables batch carries only slots, values and row indices; gathered on the device
+    (``train_state.expand``) it is the batch the host builds, key for key, bit for bit (with
+    competence features too, and from the real packed stream)."""
+    from modellens_jax.data import batch as batch_lib
+
+    rng = np.random.default_rng(0)  # description rows that differ per model and per dataset
+    desc = [rng.normal(size=(len(x), 8)).astype(np.float16)
+            for x in (tables.model_desc, tables.dataset_desc)]  # fmt: skip
+    t = pipeline.FeatureTables(tables.corpus, *desc)
+    t.attach_competence()
+    mesh = sharding.make_mesh(1, 1)
+    dev = train_state.device_tables(t, mesh)
+    kw = dict(rows=4, list_size=16, pack=True, seed=3, num_groups=8)
+    host_it = iter(pipeline.train_dataset(t, **kw)[0])
+    row_it = iter(pipeline.train_dataset(t, device_tables=True, **kw)[0])
+    expand = jax.jit(train_state.expand)
+    for _ in range(3):
+        host, rows = next(host_it), next(row_it)
+        carried = set(batch_lib.RECORD_KEYS) | set(pipeline.ROW_KEYS)
+        assert set(rows) == carried, sorted(set(rows) ^ carried)
+        got = jax.device_get(expand(dev, rows))
+        assert set(got) == set(host), sorted(set(got) ^ set(host))
+        for k in host:
+            want = jnp.asarray(host[k])  # as the host batch reaches the device
+            assert got[k].dtype == want.dtype, k
+            np.testing.assert_array_equal(got[k], np.asarray(want), err_msg=k)
+
+
+def test_device_tables_train_exactly_as_host_batches(no_eval, straight, workdir):
+    """``input.device_tables`` (the default) changes where rows are gathered, not the run."""
+    res = train.train_and_evaluate(
+        tiny_config(train__steps=N, input__device_tables=False), workdir, verbose=False
+    )
+    assert_states_equal(jax.device_get(res.state), straight[1])
+
+
 def test_packing_fill_ratio(tables):
     ds, _ = pipeline.train_dataset(tables, rows=32, list_size=64, pack=True, seed=0)
     it = iter(ds)

@@ -278,8 +278,10 @@ class Featurize(grain.transforms.Map):
     """Rows of lists -> the batch dict of ``modellens_jax.data.batch`` with fixed shapes."""
 
     def __init__(self, tables: FeatureTables, *, rows: int, list_size: int,
-                 num_models: int = 0, num_groups: int = 0, slot_offset: tuple[int, int] = (0, 0)):  # fmt: skip
+                 num_models: int = 0, num_groups: int = 0, slot_offset: tuple[int, int] = (0, 0),
+                 device_tables: bool = False):  # fmt: skip
         self.t = tables
+        self.device_tables = device_tables  # rows by index only (``ROW_KEYS``), gathered on device
         self.rows, self.list_size = rows, list_size
         self.num_models = num_models or rows * list_size
         self.num_groups = num_groups or max(1, rows * list_size // 2)
@@ -326,6 +328,12 @@ class Featurize(grain.transforms.Map):
         }
         mpad = np.zeros(self.num_models, np.int64)
         mpad[: len(models)] = models
+        if self.device_tables:
+            out["model_row"] = mpad.astype(np.int32)
+            out["group_row"] = group_of_list.astype(np.int32)
+            if t.competence is not None:
+                out["record"] = rec.astype(np.int32)
+            return out
         for k, col in t.model_cols.items():
             out[k] = col[mpad]
         out["model_desc"] = np.asarray(t.model_desc[mpad])  # stored dtype; cast on device
@@ -337,6 +345,11 @@ class Featurize(grain.transforms.Map):
             for k, table in (("competence", t.competence), ("competence_cold", t.competence_cold)):
                 out[k] = np.where(mask[..., None], table[rec], 0.0).astype(np.float32)
         return out
+
+
+# What a device-tables batch carries instead of the entity rows: corpus model and group rows of
+# its models/groups blocks, and (with competence features) the corpus record of each slot.
+ROW_KEYS = ("model_row", "group_row", "record")
 
 
 def train_dataset(
@@ -353,6 +366,7 @@ def train_dataset(
     worker_count: int = 0,
     slot_block: int | None = None,
     records: np.ndarray | None = None,
+    device_tables: bool = False,
 ) -> tuple[grain.IterDataset, TrainLists]:
     """The training stream for this process (``rows`` = process-local rows, ``num_models`` =
     process-local models block).
@@ -361,7 +375,9 @@ def train_dataset(
     ``model_slot``/``group_slot`` point into the *global* models/groups blocks, which are the
     process-local blocks concatenated in mesh order: ``slot_block`` is this process's position
     there (``sharding.process_block``; default ``process_index``). ``records`` (a per-record
-    mask) restricts the stream to those training records (an update's fine-tune set)."""
+    mask) restricts the stream to those training records (an update's fine-tune set).
+    ``device_tables``: batches carry row indices (``ROW_KEYS``) and the step gathers the rows
+    (``train_state.expand``)."""
     src = TrainLists(tables.corpus, list_size=list_size, seed=seed, records=records)
     # No read threads: an element is a slice of an in-memory index array (microseconds), and
     # grain's default thread pool (16 threads, 500-element buffer, whose depth it re-measures
@@ -372,7 +388,7 @@ def train_dataset(
     )
     num_groups = num_groups or (min(4 * rows, rows * list_size // 2) if pack else rows)
     feat = Featurize(tables, rows=rows, list_size=list_size, num_models=num_models,
-                     num_groups=num_groups)  # fmt: skip
+                     num_groups=num_groups, device_tables=device_tables)  # fmt: skip
     ds = PackLists(ds, rows=rows, list_size=list_size, pack=pack, rec_model=tables.rec_model,
                    max_models=feat.num_models, max_lists=feat.num_groups)  # fmt: skip
     blk = process_index if slot_block is None else int(slot_block)

@@ -106,18 +106,21 @@ def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds
     param_bytes = nbytes(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param))
     state_bytes = nbytes(state)
 
+    on_device = bool(config.input.get("device_tables", False)) and n_members == 0
     ds, _ = pipeline.train_dataset(tables, rows=rows, list_size=L, pack=bool(config.input.pack),
                                    seed=0, num_models=num_models,
-                                   num_groups=int(config.input.max_groups_per_batch))  # fmt: skip
+                                   num_groups=int(config.input.max_groups_per_batch),
+                                   device_tables=on_device)  # fmt: skip
     prefetch = ts.DevicePrefetch(iter(ds), mesh, int(config.input.prefetch))
     repl = sharding.replicated(mesh)
-    step_fn = ts.jit_train_step(graphdef, config, mesh, state_sh)
+    step_fn = ts.jit_train_step(graphdef, config, mesh, state_sh, tables=on_device)
+    extra = (ts.device_tables(tables, mesh),) if on_device else ()  # the step's last argument
     weights, key = ts.loss_weights(config), jax.random.key(0)
     acc = jax.device_put(ts.acc_zeros(), repl)
 
     batch, *_ = prefetch.next()
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, acc, batch, weights, key).compile()
+    compiled = step_fn.lower(state, acc, batch, weights, key, *extra).compile()
     compile_s = time.perf_counter() - t0
     memory = memory_analysis(compiled)
     print(f"compiled step: {json.dumps(memory)}", file=sys.stderr, flush=True)
@@ -126,7 +129,7 @@ def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
     for _ in range(warmup):
-        state, acc = step_fn(state, acc, batch, weights, key)
+        state, acc = step_fn(state, acc, batch, weights, key, *extra)
         batch, *_ = prefetch.next()
     jax.block_until_ready(acc)
     compiles_warm = step_fn._cache_size()
@@ -138,7 +141,7 @@ def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds
         t0 = time.perf_counter()
         batch, _, n_real, n_all = prefetch.next()
         waits += time.perf_counter() - t0
-        state, acc = step_fn(state, acc, batch, weights, key)
+        state, acc = step_fn(state, acc, batch, weights, key, *extra)
         jax.block_until_ready(acc)
         times.append(time.perf_counter() - t0)
         real, slots = real + n_real, slots + n_all
