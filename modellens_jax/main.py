@@ -3,7 +3,9 @@
 Compiles the configured corpus (the shipped one by default) into ``DIR/corpus``, trains
 (resuming if ``DIR`` holds checkpoints), evaluates the best checkpoint on the held-out test split
 in all three settings against the baselines (``DIR/eval``), and exports a serving bundle
-(``DIR/bundle``).
+(``DIR/bundle``). With ``ensemble.members > 1`` (``configs/default.py:ensemble``) it trains the
+seed ensemble in one program instead (``experiments.members.train_ensemble``; a finished one of
+the same config is reused), evaluates the members' mean score and exports all members.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ def _define(fv: flags.FlagValues) -> None:
 
 
 def _run(fv: flags.FlagValues) -> None:
-    from modellens_jax import evaluate, export, train
+    from modellens_jax import ensemble, evaluate, export, train
+    from modellens_jax.experiments import members
 
     distributed.initialize_from_flags(fv)
     workdir = Path(fv.workdir)
-    train.train_and_evaluate(fv.config, workdir)
+    if ensemble.size(fv.config) > 1:
+        members.train_ensemble(fv.config, workdir)
+    else:
+        train.train_and_evaluate(fv.config, workdir)
     if jax.process_index() == 0:
         evaluate.run(workdir, split="test", baselines=fv.baselines)
         out = export.export(workdir, workdir / "bundle")

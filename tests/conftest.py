@@ -15,4 +15,4 @@ jax.config.update("jax_num_cpu_devices", 8)
 if not flags.FLAGS.is_parsed():
     flags.FLAGS(sys.argv[:1])
 
-from trained_bundle import bundle, compiled_corpus, trained  # noqa: E402, F401  (shared fixtures)
+from trained_bundle import bundle, compiled_corpus, trained, trained_ensemble  # noqa: E402, F401

@@ -60,14 +60,18 @@ def make_scorer(config: ml_collections.ConfigDict, sizes: FeatureSizes, seed: in
 
 
 def test_exported_functions_equal_scorer() -> None:
-    model = make_scorer(tiny_model_config(use_competence=True, cold_model_rate=0.2), SIZES, seed=3)
+    """The exported functions of a two-member ensemble (two different random scorers) give, for
+    each member, exactly what that member's own training-code methods give (member axis 0)."""
+    cfg = tiny_model_config(use_competence=True, cold_model_rate=0.2)
+    members = [make_scorer(cfg, SIZES, seed=3), make_scorer(cfg, SIZES, seed=4)]
     exported = export.export_functions(
-        model, max_name_tokens=4, model_desc_dim=DESC, dataset_desc_dim=DESC
+        members, max_name_tokens=4, model_desc_dim=DESC, dataset_desc_dim=DESC
     )
     blobs = {k: jax.export.deserialize(e.serialize()) for k, e in exported.items()}
     assert all(set(e.platforms) == {"cpu", "cuda", "tpu"} for e in blobs.values())
     fns = {k: jax.jit(e.call) for k, e in blobs.items()}
-    params = export.flat_params(model)
+    params = export.stacked_params(members)
+    assert params["temperature"].shape == (2,)
 
     @nnx.jit
     def reference(m, models, groups, mslot, gslot, comp):  # the training code's own methods
@@ -80,27 +84,31 @@ def test_exported_functions_equal_scorer() -> None:
     models, groups = random_blocks(rng, 37, 3)
     mslot = rng.integers(0, 37, 11).astype(np.int32)
     gslot = rng.integers(0, 3, 11).astype(np.int32)
-    assert model.competence_dim == SIZES.competence_dim > 0
+    assert members[0].competence_dim == SIZES.competence_dim > 0
     comp = rng.normal(size=(3, 37, SIZES.competence_dim)).astype(np.float32)
     comp[rng.random(comp.shape) < 0.3] = np.nan  # unknown features
-    want, prior, mside, rec_score = reference(model, models, groups, mslot, gslot, comp)
     got = fns["scorer"](params, models, groups, comp)
-    np.testing.assert_allclose(got["score"], want["score"], **TOL)
-    np.testing.assert_allclose(got["residual"], want["residual"], **TOL)
-    np.testing.assert_allclose(got["prior"], prior, **TOL)
     side = fns["model_side"](params, models)
-    np.testing.assert_allclose(side["side"], mside, **TOL)
-    np.testing.assert_allclose(side["prior"], prior, **TOL)
     cached = fns["score_sides"](params, side["side"], side["prior"], groups, comp)
-    np.testing.assert_allclose(cached["score"], want["score"], **TOL)
     pairs = fns["score_pairs"](params, models, groups, mslot, gslot, comp[gslot, mslot])
-    np.testing.assert_allclose(pairs["score"], rec_score, **TOL)
-    np.testing.assert_allclose(pairs["score"], np.asarray(want["score"])[gslot, mslot], **TOL)
+    assert np.asarray(got["score"]).shape == (2, 3, 37)
+    for i, model in enumerate(members):
+        want, prior, mside, rec_score = reference(model, models, groups, mslot, gslot, comp)
+        np.testing.assert_allclose(got["score"][i], want["score"], **TOL)
+        np.testing.assert_allclose(got["residual"][i], want["residual"], **TOL)
+        np.testing.assert_allclose(got["prior"][i], prior, **TOL)
+        np.testing.assert_allclose(side["side"][i], mside, **TOL)
+        np.testing.assert_allclose(side["prior"][i], prior, **TOL)
+        np.testing.assert_allclose(cached["score"][i], want["score"], **TOL)
+        np.testing.assert_allclose(pairs["score"][i], rec_score, **TOL)
+        np.testing.assert_allclose(pairs["score"][i], np.asarray(want["score"])[gslot, mslot],
+                                   **TOL)  # fmt: skip
+    assert not np.allclose(got["score"][0], got["score"][1])  # the members really differ
     # The same artifact serves other sizes (symbolic U and S).
     few_m, few_g = {k: v[:5] for k, v in models.items()}, {k: v[:1] for k, v in groups.items()}
     np.testing.assert_allclose(
         fns["scorer"](params, few_m, few_g, comp[:1, :5])["score"],
-        np.asarray(want["score"])[:1, :5],
+        np.asarray(got["score"])[:, :1, :5],
         **TOL,
     )
 
@@ -439,7 +447,8 @@ def test_rank_results_follow_the_score_matrix(rec) -> None:
     ``raw prior / T - cold`` and the residual (T and the prior weight read from the bundle's
     files), the unknown features of model and query, known, family, size, description, pool."""
     v, t = rec.bundle.vocab, rec.bundle.tables
-    T = max(float(np.asarray(rec.bundle.params["temperature"])), recommender.MIN_TEMPERATURE)
+    (T,) = np.maximum(np.asarray(rec.bundle.params["temperature"], np.float64),
+                      recommender.MIN_TEMPERATURE)  # one member  # fmt: skip
     weight = float(rec.bundle.config["model"]["cold_size_prior"])
     pool = rec.known_models()
     a = pool.arrays
@@ -460,7 +469,9 @@ def test_rank_results_follow_the_score_matrix(rec) -> None:
             assert [r.rank for r in res] == list(range(1, n + 1))
         res = rec.rank(**q, top_k=0, pool="all")
         for r, i in zip(res, order):
-            assert r.score == float(score[i])
+            # the shown score is the sum of its parts, within an ulp of the matrix's score
+            assert r.score == pytest.approx(float(score[i]), rel=1e-13, abs=1e-13)
+            assert r.prior + r.cold + r.residual == r.score
             assert r.cold == pytest.approx(cold[i], rel=1e-6, abs=1e-12)
             # float32 scores of magnitude ~100: a few 1e-6 of rounding in the difference
             assert r.prior == pytest.approx(float(raw["prior"][i]) / T - cold[i], abs=5e-5)
@@ -701,8 +712,8 @@ def test_verify_checks_the_manifest_and_every_listed_file(bundle, tmp_path) -> N
         "no format": ("manifest.json", _manifest_edit(lambda m: m.pop("format")),
                       "not a modellens-bundle"),
         "version": ("manifest.json",
-                    _manifest_edit(lambda m: m.update(format_version=bundle_format.FORMAT_VERSION - 1)),
-                    f"format_version {bundle_format.FORMAT_VERSION - 1}; this reader understands"),
+                    _manifest_edit(lambda m: m.update(format_version=3)),
+                    "format_version 3; this reader understands 4, 5"),
         "no version": ("manifest.json", _manifest_edit(lambda m: m.pop("format_version")),
                        "format_version None"),
         "no files": ("manifest.json", _manifest_edit(lambda m: m.pop("files")),

@@ -109,3 +109,24 @@ def bundle(request, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "bundle"
     shutil.copytree(cached, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_ensemble(compiled_corpus, tmp_path_factory) -> dict:
+    """A 3-member seed ensemble of ``train_config`` (2 steps) trained in one program and
+    exported; with each member's training-code model (its best checkpoint, as restored)."""
+    from modellens_jax import ensemble, rundir
+    from modellens_jax.experiments import members
+
+    base = tmp_path_factory.mktemp("ensemble")
+    wd, bundle = base / "workdir", base / "bundle"
+    shutil.copytree(compiled_corpus, wd / "corpus")
+    cfg = train_config()
+    cfg.ensemble.members = 3
+    doc = members.train_ensemble(cfg, wd, verbose=False)
+    assert export.main([f"--workdir={wd}", f"--out={bundle}", "--platforms=cpu"]) == 0
+    ens = ensemble.restore(wd)
+    models = [nnx.merge(m.graphdef, m.state)[0] for m in ens.members]
+    return {"bundle": bundle, "workdir": wd, "doc": doc, "models": models,
+            "tables": ens.tables, "corpus": ens.corpus,
+            "summaries": [rundir.read_summary(wd / d) for d in doc["members"]]}  # fmt: skip

@@ -7,10 +7,14 @@ as ONE jitted program (``launch/sweep.py --vectorize`` starts it).
 Parameters and optimizer state get a leading member axis; the step is the ordinary train step
 under ``jax.vmap`` (``train_state.jit_train_step(..., members=True)``) with per-member loss
 weights and dropout rates passed as arrays (the scorer takes rates per call), and every member
-sees the same batches and the same dropout keys as its separate run would. At the end each
-member is written as an ordinary run directory (``ROOT/<name>/``: config.json, corpus link,
-checkpoints, train_summary.json), so ``evaluate``, ``export`` and the sweep aggregation treat it
-like any other run.
+sees the same batches and the same dropout keys as its separate run would. Seed members
+(``seeds=``, the seed ensemble of ``modellens_jax.ensemble``) differ instead in their seed:
+each starts from its own initialisation and draws its own dropout and ID-dropout keys, while all
+read the one data stream of the base config's seed. Every ``train.eval_every`` steps (and at
+the last) each member is validated as ``train`` does and keeps its best state by the
+validation judge. At the end each member is written as an ordinary run directory
+(``ROOT/<name>/``: config.json, corpus link, its best and last checkpoints, train_summary.json),
+so ``evaluate``, ``export`` and the sweep aggregation treat it like any other run.
 """
 
 from __future__ import annotations
@@ -29,7 +33,16 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from modellens_jax import checkpointing, cli, config_check, evaluate, jobguard, rundir, sharding
+from modellens_jax import (
+    checkpointing,
+    cli,
+    config_check,
+    ensemble,
+    evaluate,
+    jobguard,
+    rundir,
+    sharding,
+)
 from modellens_jax import train_state as ts
 from modellens_jax.data import pipeline, splits
 
@@ -77,14 +90,18 @@ def member_arrays(configs: list[ml_collections.ConfigDict]) -> tuple[dict, dict]
     return weights, rates
 
 
-def vectorised(config: ml_collections.ConfigDict, graphdef, state, mesh, n: int):
+def vectorised(config: ml_collections.ConfigDict, graphdef, state, mesh, n: int, *,
+               member_keys: bool = False):  # fmt: skip
     """(stacked state, stacked accumulators, jitted vmapped step) for ``n`` members starting
-    from ``state``; the step is ``step(state, acc, batch, weights, key, rates)`` with a leading
-    member axis on state, accumulators, weights and rates."""
+    from ``state`` (one state, or a list of ``n``: seed members); the step is ``step(state,
+    acc, batch, weights, key, rates)`` with a leading member axis on state, accumulators,
+    weights and rates (and the key with ``member_keys``)."""
     repl = sharding.replicated(mesh)
-    stacked = jax.tree.map(lambda x: jnp.stack([x] * n), state)
+    states = state if isinstance(state, list) else [state] * n
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
     state_sh = jax.tree.map(lambda _: repl, stacked)
-    vstep = ts.jit_train_step(graphdef, config, mesh, state_sh, members=True)
+    vstep = ts.jit_train_step(graphdef, config, mesh, state_sh, members=True,
+                              member_keys=member_keys)  # fmt: skip
     acc = jax.tree.map(lambda x: jnp.stack([x] * n), ts.acc_zeros())
     return jax.device_put(stacked, state_sh), jax.device_put(acc, repl), vstep
 
@@ -95,15 +112,22 @@ def train_members(
     members: list[dict[str, Any]],
     *,
     names: list[str] | None = None,
+    seeds: list[int] | None = None,
     verbose: bool = True,
 ) -> list[Any]:
-    """Trains every member for ``config.train.steps`` in one program; returns their states.
-    Member ``i`` is written to ``ROOT/names[i]`` (default: ``member_name(members[i])``)."""
+    """Trains every member for ``config.train.steps`` in one program; returns their best
+    states (by the validation judge). Member ``i`` is written to ``ROOT/names[i]`` (default:
+    ``member_name(members[i])``); ``seeds[i]`` (seed members) is its seed for initialisation
+    and dropout keys, the data stream staying the base config's."""
     names = names or [member_name(m) for m in members]
     if len(names) != len(members) or len(set(names)) != len(names):
         raise cli.UsageError(f"--names must give {len(members)} distinct names, got {names}")
+    if seeds is not None and len(seeds) != len(members):
+        raise cli.UsageError(f"seeds must give one seed per member ({len(members)}), got {seeds}")
     root = Path(workdir)
     configs = [member_config(config, m) for m in members]
+    for i, s in enumerate(seeds or []):
+        configs[i].seed = int(s)
     for cfg in [config, *configs]:
         config_check.validate(cfg)
     # Every member's run directory, for the whole job (not the root: a sweep runs several
@@ -112,10 +136,36 @@ def train_members(
     with contextlib.ExitStack() as stack:
         for lk in locks:
             stack.enter_context(lk)
-        return _train_members(config, root, configs, names, verbose)
+        return _train_members(config, root, configs, names, verbose, seeds is not None)
 
 
-def _train_members(config, root: Path, configs, names, verbose: bool) -> list[Any]:
+def train_ensemble(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, verbose: bool = True
+) -> dict[str, Any]:
+    """The seed ensemble of ``config`` (``ensemble.members`` members, ``ensemble.member_seeds``)
+    trained in one program into ``workdir`` (layout: ``modellens_jax.ensemble``); returns its
+    ``ensemble.json``. A finished ensemble of the same config there is reused, not retrained."""
+    n = ensemble.size(config)
+    if n < 2:
+        raise cli.UsageError(f"config ensemble.members={n}: an ensemble needs at least 2 members")
+    workdir = Path(workdir)
+    if ensemble.finished(workdir, config):
+        if verbose:
+            print(f"{workdir}: finished ensemble of this config found, reused")
+        return ensemble.read_manifest(workdir)
+    config_check.validate(config, process_count=jax.process_count())
+    seeds = ensemble.member_seeds(config)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with jobguard.WorkdirLock(workdir, "ensemble"):
+        (workdir / ensemble.MANIFEST).unlink(missing_ok=True)  # another config's ensemble
+        single = ml_collections.ConfigDict(config.to_dict())
+        single.ensemble.members = 1  # each member is an ordinary run
+        train_members(single, workdir, [{}] * n, names=ensemble.member_dirs(seeds), seeds=seeds,
+                      verbose=verbose)  # fmt: skip
+        return ensemble.write_manifest(workdir, config)
+
+
+def _train_members(config, root: Path, configs, names, verbose: bool, by_seed: bool) -> list[Any]:
     say = print if (verbose and jax.process_index() == 0) else (lambda *a, **k: None)
     n = len(configs)
     corpus, tables = rundir.load_data(config, root, verbose=verbose)
@@ -123,8 +173,11 @@ def _train_members(config, root: Path, configs, names, verbose: bool) -> list[An
     mesh = sharding.make_mesh(int(config.mesh.data), int(config.mesh.model))
     rows, L = int(config.input.groups_per_batch), int(config.input.list_size)
 
-    graphdef, state, _ = ts.init_state(config, sizes, mesh, ts.untrained_rows(sizes, tables))
-    stacked, acc, vstep = vectorised(config, graphdef, state, mesh, n)
+    untrained = ts.untrained_rows(sizes, tables)
+    graphdef, state, _ = ts.init_state(config, sizes, mesh, untrained)
+    if by_seed:  # each member from its own initialisation
+        state = [ts.init_state(c, sizes, mesh, untrained)[1] for c in configs]
+    stacked, acc, vstep = vectorised(config, graphdef, state, mesh, n, member_keys=by_seed)
     weights, rates = member_arrays(configs)
 
     ds, _ = pipeline.train_dataset(
@@ -133,8 +186,12 @@ def _train_members(config, root: Path, configs, names, verbose: bool) -> list[An
         num_groups=int(config.input.max_groups_per_batch),
     )  # fmt: skip
     prefetch = ts.DevicePrefetch(iter(ds), mesh, int(config.input.prefetch))
-    base_key = jax.random.key(int(config.seed))
-    total = int(config.train.steps)
+    keys = [jax.random.key(int(c.seed)) for c in configs]
+    base_key = jnp.stack(keys) if by_seed else jax.random.key(int(config.seed))
+    total, every = int(config.train.steps), int(config.train.eval_every)
+    judge_name = str(config.train.judge)
+    scorer = evaluate.ModelScorer(graphdef, jax.tree.map(lambda x: x[0], stacked), mesh)
+    best: list[dict[str, Any] | None] = [None] * n  # {step, judge, val, state, data_state}
     t0 = time.perf_counter()
     try:
         for s in range(1, total + 1):
@@ -146,34 +203,52 @@ def _train_members(config, root: Path, configs, names, verbose: bool) -> list[An
                 say(f"step {s}/{total} member losses {np.round(losses, 4).tolist()} "
                     f"{s / (time.perf_counter() - t0):.2f} steps/s")  # fmt: skip
                 acc = jax.tree.map(jnp.zeros_like, acc)
+            if s % every == 0 or s == total:  # validate every member as train does
+                for i in range(n):
+                    # a slice is a new buffer: it outlives the donated stack
+                    st = jax.tree.map(lambda x, i=i: x[i], stacked)
+                    res = evaluate.evaluate_settings(scorer.with_state(st), tables, splits.VAL)
+                    judge = evaluate.judge_value(res, judge_name)
+                    b = best[i]
+                    if b is None or (np.isfinite(judge) and not judge <= b["judge"]):
+                        best[i] = {"step": s, "judge": judge, "val": res,
+                                   "state": st, "data_state": data_state}  # fmt: skip
+                say(f"  val {judge_name} best per member: "
+                    + "  ".join(f"{b['judge']:.4f}@{b['step']}" for b in best))  # fmt: skip
     finally:
         prefetch.close()
 
-    states = [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]
-    for cfg, name, st in zip(configs, names, states):
-        _write_member(cfg, root / name, corpus, tables, graphdef, st, data_state, total, mesh)
-    return states
+    last = [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)]
+    for cfg, name, b, st in zip(configs, names, best, last):
+        _write_member(cfg, root / name, corpus, tables, graphdef, b, (st, data_state, total),
+                      mesh, data_seed=int(config.seed))  # fmt: skip
+    return [b["state"] for b in best]
 
 
-def _write_member(cfg, wd: Path, corpus, tables, graphdef, state, data_state, step, mesh):
-    """One member as an ordinary run directory (checkpoint, config, validation summary)."""
+def _write_member(cfg, wd: Path, corpus, tables, graphdef, best, last, mesh, *, data_seed):
+    """One member as an ordinary run directory: its best checkpoint by the validation judge
+    and its last (when they differ), config and summary."""
     wd.mkdir(parents=True, exist_ok=True)
     if not (wd / "corpus").exists():
         os.symlink(Path(corpus.dir).absolute(), wd / "corpus")
     (wd / "config.json").write_text(cfg.to_json_best_effort(indent=1))
-    scorer = evaluate.ModelScorer(graphdef, state, mesh)
-    res = evaluate.evaluate_settings(scorer, tables, splits.VAL)
-    judge = evaluate.judge_value(res, str(cfg.train.judge))
-    meta = {**rundir.checkpoint_meta(cfg, corpus), "step": step, "mesh": dict(mesh.shape),
+    meta = {**rundir.checkpoint_meta(cfg, corpus), "mesh": dict(mesh.shape),
             "config": cfg.to_json_best_effort()}  # fmt: skip
-    ckpt = checkpointing.Checkpointer(wd / "checkpoints", keep_latest=1, keep_best=1,
+    state, data_state, step = last
+    ckpt = checkpointing.Checkpointer(wd / "checkpoints", keep_latest=2, keep_best=1,
                                       judge="judge")  # fmt: skip
     try:
-        ckpt.save(step, state, data_state, meta, {"judge": judge})
+        for st, ds, at, metrics in ((best["state"], best["data_state"], best["step"],
+                                     {"judge": best["judge"], "step": best["step"]}),
+                                    (state, data_state, step, None)):  # fmt: skip
+            if metrics is None and at == best["step"]:
+                break
+            checksums = checkpointing.state_audit(st)[1]
+            ckpt.save(at, st, ds, {**meta, "step": at, "checksums": checksums}, metrics)
     finally:
         ckpt.close()
-    summary = {"step": step, "best": {"step": step, "judge": judge, "val": res},
-               "vectorised": True}  # fmt: skip
+    summary = {"step": step, "best": {k: best[k] for k in ("step", "judge", "val")},
+               "vectorised": True, "seed": int(cfg.seed), "data_seed": data_seed}  # fmt: skip
     rundir.write_summary(wd, summary)
 
 

@@ -230,7 +230,7 @@ def compute_atlas(
     t0 = time.perf_counter()
     t, v = rec.bundle.tables, rec.bundle.vocab
     known = rec.known_models()
-    side = np.asarray(rec.model_side(known)[0])[: len(known)]
+    side = np.asarray(rec.model_side(known)[0][0])[: len(known)]  # the first member's
     say(f"atlas: model side {side.shape}")
     profiles = dataset_profiles(rec, anchor_rows(rec))
     say(f"atlas: dataset profiles {profiles.shape}")

@@ -24,8 +24,11 @@ from safetensors.numpy import load_file
 from modellens_jax import fsutil
 
 FORMAT = "modellens-bundle"
-# 2: models carry log_size and release; 3: applicability tables; 4: competence memory + input
-FORMAT_VERSION = 4
+# 2: models carry log_size and release; 3: applicability tables; 4: competence memory + input;
+# 5: seed ensembles: every parameter has a leading member axis [N, ...] (N = 1 for a single run)
+# and every function returns each member's outputs [N, ...] (manifest "ensemble": members, seeds)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (4, 5)  # a 4 is a single model: loaded as a one-member ensemble
 FUNCTIONS = {
     "scorer": "scorer.jaxexport",
     "model_side": "model_side.jaxexport",
@@ -77,10 +80,11 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
         raise BundleError(f"{mpath}: unreadable ({e}); the bundle is corrupted") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{mpath}: not a {FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(
             f"{mpath}: format_version {manifest.get('format_version')!r}; this reader "
-            f"understands {FORMAT_VERSION} (re-export the bundle with this version)"
+            f"understands {', '.join(map(str, READABLE_VERSIONS))} (re-export the bundle with "
+            f"version {FORMAT_VERSION})"
         )
     files = manifest.get("files") or {}
     for name in REQUIRED_FILES:
@@ -146,6 +150,9 @@ class Bundle:
             except Exception as e:  # flatbuffers raises assorted errors on bad input
                 raise BundleError(f"{root / file}: cannot deserialize ({e})") from e
         params = {k: jax.device_put(v) for k, v in read_st("params.safetensors").items()}
+        functions = {k: jax.jit(e.call) for k, e in exported.items()}
+        if manifest.get("format_version") == 4:
+            functions = _one_member(functions)
         return cls(
             path=root,
             manifest=manifest,
@@ -155,9 +162,14 @@ class Bundle:
             texts=read_json("texts.json"),
             tables=read_st("tables.safetensors"),
             params=params,
-            functions={k: jax.jit(e.call) for k, e in exported.items()},
+            functions=functions,
             exported=exported,
         )
+
+    @property
+    def members(self) -> int:
+        """Seed-ensemble members whose scores the functions return (1: a single model)."""
+        return int((self.manifest.get("ensemble") or {}).get("members", 1))
 
     @property
     def features(self) -> dict[str, bool]:
@@ -167,3 +179,16 @@ class Bundle:
     @property
     def inputs(self) -> dict[str, Any]:
         return dict(self.manifest["inputs"])
+
+
+def _one_member(functions: dict[str, Callable]) -> dict[str, Callable]:
+    """A format-4 bundle's functions (one model, no member axis) with the format-5 signature:
+    outputs get a leading member axis of 1, ``score_sides`` takes member-stacked sides."""
+
+    def stacked(fn: Callable) -> Callable:
+        return lambda *a: jax.tree.map(lambda x: x[None], fn(*a))
+
+    sides = functions["score_sides"]
+    out = {k: stacked(f) for k, f in functions.items()}
+    out["score_sides"] = stacked(lambda p, side, prior, *rest: sides(p, side[0], prior[0], *rest))
+    return out

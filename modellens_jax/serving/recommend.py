@@ -17,7 +17,13 @@ Output formats (``--format``; ``--json`` = ``--format=json``)
 ``table``  a text table (default).
 
 ``json``   ``{"query": {...}, "results": [{rank, model, score, prior, residual, unknown, known,
-           family, params, description, cold, pool}, ...]}``.
+           family, params, description, cold, pool[, score_std, confidence]}, ...]}``.
+
+A seed-ensemble bundle (``--config=configs/default.py:ensemble``) adds two columns: ``± std``,
+the members' spread of the score (the score is their mean), and ``confidence`` = 1 / (1 +
+the expected number of places the model would move if each score were drawn from its members'
+spread): 1 = no gap to another candidate is in doubt, 0.5 = about one place off
+(``modellens_jax.serving.confidence``; over the ranked list after filters).
 
 ``routellm``  for lm-sys/RouteLLM, which routes each prompt between exactly two models, a
            *strong* and a *weak* one (``Controller(routers=[...], strong_model=...,
@@ -122,21 +128,27 @@ def format_table(results: Sequence[Recommendation], query: dict[str, Any]) -> st
     lines = [f"query: {q}"]
     w = max([len(r.model) for r in results] + [5])
     w = min(w, 60)
+    ens = any(r.confidence is not None for r in results)  # a seed-ensemble bundle's results
+    extra = f"  {'± std':>8}  {'confidence':>10}" if ens else ""
     lines.append(
-        f"{'rank':>4}  {'model':<{w}}  {'score':>8}  {'prior':>8}  {'cold':>8}  "
+        f"{'rank':>4}  {'model':<{w}}  {'score':>8}{extra}  {'prior':>8}  {'cold':>8}  "
         f"{'residual':>8}  {'params':>8}  {'family':<12}  unknown"
     )
     for r in results:
         p = f"{r.params:g}B" if r.params is not None else "?"
+        extra = f"  {r.score_std or 0.0:>8.4f}  {r.confidence or 0.0:>10.3f}" if ens else ""
         lines.append(
-            f"{r.rank:>4}  {r.model[:w]:<{w}}  {r.score:>8.4f}  {r.prior:>8.4f}  {r.cold:>8.4f}  "
-            f"{r.residual:>8.4f}  {p:>8}  {r.family[:12]:<12}  "
+            f"{r.rank:>4}  {r.model[:w]:<{w}}  {r.score:>8.4f}{extra}  {r.prior:>8.4f}  "
+            f"{r.cold:>8.4f}  {r.residual:>8.4f}  {p:>8}  {r.family[:12]:<12}  "
             f"{','.join(r.unknown) or '-'}"
         )
     if not results:
         lines.append("(no model passes the filters)")
     else:
         lines.append(f"pool: {results[0].pool}; score = prior + cold + residual")
+        if ens:
+            lines.append("score: mean of the ensemble's members, ± their spread; confidence = "
+                         "1 / (1 + expected places moved)")  # fmt: skip
     return "\n".join(lines)
 
 

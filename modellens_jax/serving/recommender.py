@@ -35,7 +35,12 @@ pool for ``rank``, each query's pairs for ``score_pairs``.
 
 ``score`` is the model's tempered ranking score ``(residual + prior) / T``: comparable between
 models for one query, not a predicted metric value; ``prior`` is the size/family prior and
-``residual`` the backbone's part (competence included).
+``residual`` the backbone's part (competence included). A seed-ensemble bundle (format 5,
+``members > 1``) scores with every member: ``score`` is the members' mean, ``score_std`` their
+spread (standard deviation over members) and ``confidence`` how sure the ranking is of each
+candidate's place given those spreads and the gaps between scores
+(``serving.confidence``); prior, cold and residual are the members' means, so they still add up
+to the shown score.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import jax
 import numpy as np
 
 from modellens_jax.data import features
+from modellens_jax.serving import confidence as confidence_lib
 from modellens_jax.serving.bundle import Bundle, BundleError, bucket, competence_width
 
 PAIR_CHUNK = 1 << 16
@@ -293,7 +299,9 @@ class Recommendation:
     """One ranked model. ``prior + cold + residual == score`` (each already divided by the
     scorer's temperature): the learned size/family prior, the cold-start size prior of a model
     without a learned ID, and the network's residual (competence features included). ``pool``
-    says why it is a candidate."""
+    says why it is a candidate. From a seed-ensemble bundle, ``score`` and its parts are the
+    members' means, ``score_std`` the members' spread and ``confidence`` (0-1) how sure its
+    place in this ranking is (``serving.confidence``); None from a single-model bundle."""
 
     rank: int
     model: str
@@ -307,10 +315,16 @@ class Recommendation:
     description: str
     cold: float = 0.0
     pool: str = ""
+    score_std: float | None = None
+    confidence: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as JSON-able fields (``score_std``/``confidence`` only when known)."""
         d = dataclasses.asdict(self)
         d["unknown"] = list(self.unknown)
+        for k in ("score_std", "confidence"):
+            if d[k] is None:
+                del d[k]
         return d
 
 
@@ -377,7 +391,11 @@ class Recommender:
         self.dataset_task = np.asarray(t["datasets/task"])
         self._init_competence()
         m_cfg = bundle.config.get("model", {})
-        self.temperature = max(float(np.asarray(bundle.params["temperature"])), MIN_TEMPERATURE)
+        self.members = bundle.members
+        # one temperature per member (shape [N]; a format-4 bundle's scalar is one member's)
+        self.temperature = np.maximum(
+            np.asarray(bundle.params["temperature"], np.float64).reshape(-1), MIN_TEMPERATURE
+        )
         self.cold_size_prior = (
             float(m_cfg.get("cold_size_prior", 0.0)) if m_cfg.get("use_size_feature", True) else 0.0
         )
@@ -692,7 +710,8 @@ class Recommender:
 
     # ------------------------------------------------------------------------- scoring
     def model_side(self, pool: ModelPool) -> tuple[jax.Array, jax.Array]:
-        """The pool's cached (side [U', H], prior [U']) on device (U' = padded size)."""
+        """The pool's cached (side [N, U', H], prior [N, U']) on device, per member (U' =
+        padded size)."""
         if pool._side is None:
             out = self.bundle.functions["model_side"](self.bundle.params, pool.padded())
             pool._side = (out["side"], out["prior"])
@@ -701,13 +720,19 @@ class Recommender:
     def score_matrix(
         self, pool: ModelPool, ctx: Contexts, *, cached: bool = True
     ) -> dict[str, np.ndarray]:
-        """``score``/``residual`` [S, U] and ``prior`` [U] of every query against every model.
+        """``score``/``residual`` [S, U] and ``prior`` [U] of every query against every model:
+        the members' means (a single model's own values), ``score_std`` [S, U] the members'
+        spread (population standard deviation; 0 for one member) and ``members`` each
+        member's ``score``/``residual`` [N, S, U] and ``prior`` [N, U].
 
         ``cached`` reuses the pool's model side (computed on first use); otherwise the whole
         scorer runs (model side included)."""
         if not len(pool) or not len(ctx):
             z = np.zeros((len(ctx), len(pool)), np.float32)
-            return {"score": z, "prior": np.zeros(len(pool), np.float32), "residual": z}
+            zn = np.zeros((self.members, *z.shape), np.float32)
+            members = {"score": zn, "prior": zn[:, 0] if len(ctx) else
+                       np.zeros((self.members, len(pool)), np.float32), "residual": zn}  # fmt: skip
+            return {**_member_means(members), "members": members}
         groups = _pad(ctx.arrays, bucket(len(ctx), 1))
         fns, params = self.bundle.functions, self.bundle.params
         comp = self._competence_input(pool, ctx)
@@ -717,11 +742,12 @@ class Recommender:
         else:
             out = fns["scorer"](params, pool.padded(), groups, comp)
         s, u = len(ctx), len(pool)
-        return {
-            "score": np.asarray(out["score"])[:s, :u],
-            "prior": np.asarray(out["prior"])[:u],
-            "residual": np.asarray(out["residual"])[:s, :u],
+        members = {
+            "score": np.asarray(out["score"])[:, :s, :u],
+            "prior": np.asarray(out["prior"])[:, :u],
+            "residual": np.asarray(out["residual"])[:, :s, :u],
         }
+        return {**_member_means(members), "members": members}
 
     def rank(
         self,
@@ -772,22 +798,30 @@ class Recommender:
             fam = {x.lower() for x in families}
             keep &= np.asarray([x.lower() in fam for x in models.families], bool)
         out = self.score_matrix(models, ctx, cached=cached)
-        score = out["score"][0]
+        # the members' tempered parts, averaged (each member has its own temperature); the
+        # residual is the rest, and the shown score the sum of the three as floats add them
+        # (within an ulp of the mean score), so the parts add up to it exactly
+        T = self.temperature[:, None]
+        cold = np.mean(self.cold_prior(models)[None] / T, 0)
+        prior = np.mean(out["members"]["prior"] / T, 0) - cold
+        residual = out["score"][0].astype(np.float64) - (prior + cold)
+        score, std = prior + cold + residual, out["score_std"][0]
         idx = np.flatnonzero(keep)
         idx = idx[np.argsort(-score[idx], stable=True)]
+        conf = np.full(len(score), np.nan)
+        if self.members > 1:  # over the whole ranked list, before top_k
+            conf[idx] = confidence_lib.confidence(score[idx], std[idx])
         if top_k:
             idx = idx[:top_k]
         cu = ctx.unknown[0]
-        cold = self.cold_prior(models) / self.temperature
-        prior = out["prior"] / self.temperature - cold
+        ens = self.members > 1
         return [
             Recommendation(
                 rank=r + 1,
                 model=models.names[i],
                 score=float(score[i]),
                 prior=float(prior[i]),
-                # the residual's share, so that prior + cold + residual is the score exactly
-                residual=float(score[i]) - float(prior[i]) - float(cold[i]),
+                residual=float(residual[i]),
                 unknown=(*models.unknown[i], *cu),
                 known=bool(models.known[i]),
                 family=models.families[i],
@@ -795,6 +829,8 @@ class Recommender:
                 description=models.descriptions[i],
                 cold=float(cold[i]),
                 pool=reason,
+                score_std=float(std[i]) if ens else None,
+                confidence=float(conf[i]) if ens else None,
             )
             for r, i in enumerate(idx)
         ]
@@ -937,7 +973,7 @@ class Recommender:
         models_b = pool.padded()
         groups_b = _pad(ctx.arrays, bucket(len(ctx), 1))
         fn, params = self.bundle.functions["score_pairs"], self.bundle.params
-        parts = {"score": [], "prior": [], "residual": []}
+        parts: dict[str, list] = {"score": [], "prior": [], "residual": []}
         comp = np.zeros((len(rows), competence_width(self.competence_dim)), np.float32)
         if self.competence_dim:
             comp = self.competence(pool, ctx, mslot, gslot)
@@ -953,8 +989,9 @@ class Recommender:
                 np.pad(comp[a : a + PAIR_CHUNK], ((0, p - len(ms)), (0, 0))),
             )
             for k in parts:
-                parts[k].append(np.asarray(out[k])[: len(ms)])
-        res = {k: np.concatenate(v) for k, v in parts.items()}
+                parts[k].append(np.asarray(out[k])[:, : len(ms)])
+        res = _member_means({k: np.concatenate(v, axis=1) for k, v in parts.items()})
+        ens = self.members > 1
         return [
             {
                 "dataset": r["dataset"],
@@ -964,10 +1001,19 @@ class Recommender:
                 "score": float(res["score"][i]),
                 "prior": float(res["prior"][i]),
                 "residual": float(res["residual"][i]),
+                **({"score_std": float(res["score_std"][i])} if ens else {}),
                 "unknown": [*pool.unknown[mslot[i]], *ctx.unknown[gslot[i]]],
             }
             for i, (_, r) in enumerate(rows)
         ]
+
+
+def _member_means(members: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-member outputs (leading member axis) -> their means and ``score_std``, the
+    members' spread (population standard deviation; 0 for a single model)."""
+    out = {k: np.mean(v, axis=0) for k, v in members.items()}
+    out["score_std"] = np.std(members["score"], axis=0)
+    return out
 
 
 def _dataset_text(name: str | None, task: str, desc: str) -> str:
