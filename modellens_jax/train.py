@@ -33,7 +33,6 @@ Validate = Callable[[Callable[[dict], np.ndarray], Any], "tuple[float, dict]"]
 InitialState = Callable[[Any, Any, Any], Any]
 
 
-
 # --- the loop -----------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainResult:
