@@ -171,7 +171,7 @@ def _as_format4(src, dst):
     shutil.copytree(src, dst)
     params = load_file(dst / "params.safetensors")
     assert all(v.shape[0] == 1 for v in params.values())
-    save_file({k: v[0] for k, v in params.items()}, dst / "params.safetensors")
+    save_file({k: np.array(v[0]) for k, v in params.items()}, dst / "params.safetensors")
     for name, file in bundle_format.FUNCTIONS.items():
         exp = jax.export.deserialize(bytearray((src / file).read_bytes()))
         n_par = len(params)
@@ -179,15 +179,16 @@ def _as_format4(src, dst):
         stacked = set(range(n_par)) | ({n_par, n_par + 1} if name == "score_sides" else set())
         args = [jax.ShapeDtypeStruct(a.shape[1:] if i in stacked else a.shape, a.dtype)
                 for i, a in enumerate(avals)]  # fmt: skip
-        in_tree = exp.in_tree
+        (structured, _) = jax.tree.unflatten(exp.in_tree, args)
 
-        def single(*flat, exp=exp, in_tree=in_tree, stacked=stacked):
+        def single(*a, exp=exp, stacked=stacked):
+            flat, tree = jax.tree.flatten((a, {}))
             flat = [x[None] if i in stacked else x for i, x in enumerate(flat)]
-            a, _ = jax.tree.unflatten(in_tree, flat)
+            a, _ = jax.tree.unflatten(tree, flat)
             return jax.tree.map(lambda x: x[0], exp.call(*a))
 
-        (dst / file).write_bytes(jax.export.export(jax.jit(single), platforms=("cpu",))(
-            *args).serialize())  # fmt: skip
+        blob = jax.export.export(jax.jit(single), platforms=("cpu",))(*structured)
+        (dst / file).write_bytes(blob.serialize())
     m = json.loads((dst / "manifest.json").read_text())
     m["format_version"] = 4
     m.pop("ensemble")
@@ -295,3 +296,31 @@ def test_ensemble_records_match_the_members_scores(trained_ensemble):
     assert len(rec["group"]) == int(groups["n"].sum())
     assert np.all((rec["confidence"] > 0) & (rec["confidence"] <= 1))
     assert np.all((rec["norm_err"] >= 0) & (rec["norm_err"] <= 1))
+
+
+def test_score_cli_writes_the_spread_of_an_ensemble(trained_ensemble, bundle, tmp_path):
+    """``score`` on an ensemble bundle adds the ``score_std`` column (the members' spread, as
+    ``score_pairs`` computes it); on a single-model bundle the columns stay as they were."""
+    import csv
+
+    from modellens_jax.serving import score
+
+    rec = recommender.Recommender.load(trained_ensemble["bundle"])
+    q = _queries(rec, 1)[0]
+    pairs = tmp_path / "pairs.csv"
+    with open(pairs, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "task", "metric", "model"])
+        for m in rec.bundle.vocab["models"][1:4]:
+            w.writerow([q["dataset"], q["task"], q["metric"], m])
+    for b, want in ((trained_ensemble["bundle"], True), (bundle, False)):
+        out = tmp_path / f"scores-{want}.csv"
+        assert score.main([f"--bundle={b}", f"--pairs={pairs}", f"--out={out}"]) == 0
+        rows = list(csv.DictReader(open(out)))
+        assert ("score_std" in rows[0]) is want
+        if want:
+            got = recommender.Recommender.load(b).score_pairs(pairs)
+            assert [float(r["score_std"]) for r in rows] == pytest.approx(
+                [g["score_std"] for g in got], rel=1e-6
+            )
+            assert all(float(r["score_std"]) > 0 for r in rows)

@@ -5,7 +5,8 @@ Batch scoring of (dataset, task, metric, model) rows. ``pairs.csv`` needs the co
 ``dataset, task, metric, model``; ``models.csv`` / ``datasets.csv`` use the corpus format
 (``model, family, params, model_desp`` / ``dataset, task, dataset_desp``) and must describe every
 model or dataset the bundle has not seen (an error names the pairs row and field otherwise).
-Output columns: ``dataset, task, metric, model, score, prior, residual``.
+Output columns: ``dataset, task, metric, model, score, prior, residual`` (and ``score_std``,
+the members' spread, from a seed-ensemble bundle, whose ``score`` is the members' mean).
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ def write_scores(rows: Sequence[dict], out: str | os.PathLike) -> None:
     """Writes ``rows`` as CSV with :data:`COLUMNS`, atomically (temp file + rename, mode 0644
     under the usual umask). ``out`` a directory: InputError."""
 
+    cols = (*COLUMNS, "score_std") if rows and "score_std" in rows[0] else COLUMNS
+    nums = [k for k in cols if k in ("score", "prior", "residual", "score_std")]
+
     def write(f):
-        w = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({**r, **{k: f"{r[k]:.7g}" for k in ("score", "prior", "residual")}})
+            w.writerow({**r, **{k: f"{r[k]:.7g}" for k in nums}})
 
     try:
         fsutil.output_file(out)
