@@ -324,3 +324,30 @@ def test_score_cli_writes_the_spread_of_an_ensemble(trained_ensemble, bundle, tm
                 [g["score_std"] for g in got], rel=1e-6
             )
             assert all(float(r["score_std"]) > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_backtest_of_a_seed_ensemble(tmp_path):
+    """The backtest on a 4-member ensemble (tiny, one unit): the ensemble is ``modellens``, its
+    members alone and its first three are paired variants that never count as baselines, and
+    the report has the confidence section and the calibration plot."""
+    from modellens_jax import backtest
+
+    cfg = tiny_config(train__steps=6, train__eval_every=3, train__checkpoint_every=3)
+    cfg.optim.warmup_steps = 2
+    cfg.ensemble.members = 4
+    cfg.backtest.update(val_cutoffs=(0.74,), split_seeds=(0,), train_seeds=(0,),
+                        baselines="size", bootstrap=100)  # fmt: skip
+    summary = backtest.run(cfg, tmp_path, which="val", verbose=False)
+    unit = json.loads((tmp_path / "val" / "cut0.74-split0" / "result.json").read_text())
+    assert (
+        len(unit["scorers"]["modellens_single"]) == 4 and len(unit["scorers"]["modellens_3"]) == 1
+    )
+    for setting, s in summary.items():
+        assert s["best_baseline"] == "size", setting
+        assert {"modellens_single", "modellens_3", "size"} == set(s["paired"])
+        assert s["uncertainty"]["records"] > 0
+    md = (tmp_path / "val" / "backtest.md").read_text()
+    assert "Δ modellens − modellens_single (paired)" in md
+    assert "Does low confidence predict large rank error?" in md
+    assert (tmp_path / "val" / "calibration.png").stat().st_size > 0
