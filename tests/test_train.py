@@ -59,29 +59,6 @@ def desc_flags() -> list[str]:
     return [f"--config.model.use_{k}_desc={DESCRIPTIONS}" for k in ("model", "dataset")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """A persistent compilation cache for this module (and its subprocesses): the runs compile
-    the same tiny programs over and over. Restored afterwards."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
-    old = {n: getattr(jax.config, n) for n in names}
-    for n, v in zip(names, (path, 0.0, 0)):
-        jax.config.update(n, v)
-    cc.reset_cache()
-    env = {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    os.environ.update(env)
-    yield path
-    for k in env:
-        del os.environ[k]
-    for n, v in old.items():
-        jax.config.update(n, v)
-    cc.reset_cache()
-
-
 @pytest.fixture
 def no_eval(monkeypatch):
     """Validation replaced by a constant (for tests about state, data and checkpoints; the
@@ -93,13 +70,10 @@ def no_eval(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def corpus_dir(tmp_path_factory) -> Path:
-    """The shipped corpus compiled once per session."""
-    from modellens_jax import prepare
-
-    out = tmp_path_factory.mktemp("corpus") / "corpus"
-    prepare.prepare(CONFIG_MODULE.get_config("tiny").data, out, verbose=False)
-    return out
+def corpus_dir(compiled_corpus) -> Path:
+    """The shipped corpus compiled once per session: conftest's ``compiled_corpus`` (the same
+    ``tiny`` data config), shared with the serving tests' trained bundle."""
+    return compiled_corpus
 
 
 def make_workdir(corpus_dir: Path, path: Path) -> Path:
