@@ -28,14 +28,14 @@ Information sources (``config/ablation_information``; task and metric are always
   semantic_structural  name + descriptions + size + family; no IDs; ID dropout 0
 Size and family (``config/ablation_size``, ``config/ablation_family``)
   no_size_prior        size feature kept, size prior off
-  no_size_feature      size feature off (which also turns the prior off)
+  no_size_feature      size feature off (which also turns the prior and the cold-start prior off)
   no_family            family embedding leaves backbone and prior
 Beyond the paper (what this implementation adds to the scorer)
   interaction          adds the bilinear model × context term (k = 64; off by default)
   no_release           no release-date input
-  no_cold_size_prior   no size prior for models without a learned ID
-  competence           per-record competence features + cold-start episodes, no cold size prior
-  paper_scorer         release and cold prior off, ID tables N(0, 1): the paper's scorer (plus
+  no_cold_size_prior   no fitted cold-start size prior for models without a learned ID
+  competence           per-record competence features + cold-start episodes
+  paper_scorer         release and cold-start prior off, ID tables N(0, 1): the paper's scorer (plus
                        the continuous log-size input and zeroed untrained rows)
 
 Structural inputs are size (bucket and log-size), family and release date.
@@ -79,15 +79,19 @@ def _sources(model: str, dataset: str, size: bool, family: bool, id_dropout: flo
         m.use_dataset_desc = "desc" in on_d
         m.use_size_feature = m.use_size_prior = m.use_release = size
         m.use_family_prior = family
+        c.cold_start.fit = c.cold_start.fit and size  # the cold-start prior is a size input
         if id_dropout is not None:
             m.model_id_dropout = m.dataset_id_dropout = id_dropout
 
     return apply
 
 
-def _set(**switches):
+def _set(cold_start: bool = True, **switches):
+    """Model switches; ``cold_start=False`` also turns the fitted cold-start size prior off."""
+
     def apply(c):
         c.model.update(**switches)
+        c.cold_start.fit = c.cold_start.fit and cold_start
 
     return apply
 
@@ -112,14 +116,14 @@ PRESETS = {
     "semantic_structural": _sources("name,desc", "desc", size=True, family=True, id_dropout=0.0),
     # size and family
     "no_size_prior": _set(use_size_prior=False),
-    "no_size_feature": _set(use_size_feature=False, use_size_prior=False),
+    "no_size_feature": _set(use_size_feature=False, use_size_prior=False, cold_start=False),
     "no_family": _set(use_family_prior=False),
     # beyond the paper
     "interaction": _set(interaction_dim=64),
     "no_release": _set(use_release=False),
-    "no_cold_size_prior": _set(cold_size_prior=0.0),
-    "competence": _set(use_competence=True, cold_model_rate=0.2, cold_size_prior=0.0),
-    "paper_scorer": _set(use_release=False, cold_size_prior=0.0, id_init_std=1.0),
+    "no_cold_size_prior": _set(cold_start=False),
+    "competence": _set(use_competence=True, cold_model_rate=0.2),
+    "paper_scorer": _set(use_release=False, id_init_std=1.0, cold_start=False),
 }
 LOSS_PRESETS = ("ensemble", "listwise", "pairwise", "listwise_pointwise", "pairwise_pointwise",
                 "listwise_pairwise")  # fmt: skip

@@ -6,9 +6,9 @@ Run:
 Presets (``--config=configs/default.py:<preset>``):
   paper      the paper's dimensions (model ID 1536, name 512, hidden 512, ...)
   reference  what the upstream code actually ran (weight decay 0.01, temperature 1.0, PL mean,
-             ID init N(0, 1); none of our scorer additions: release, cold prior)
+             ID init N(0, 1); none of our scorer additions: release, cold-start prior)
   tiny       a few-second config for tests
-  competence per-record competence features + learned cold start (no size prior), opt-in
+  competence per-record competence features + cold-start episodes, opt-in
   quick      the few-minute arrival backtest (one cut-off, 300 steps; modellens_jax.backtest)
   ensemble   a seed ensemble of 3 members trained in one program (mean score + spread served)
 """
@@ -89,20 +89,30 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.model.use_size_prior = True
     c.model.use_family_prior = True
     c.model.use_release = True  # release date (years) as a model-side input
-    # Score added per decade of parameters (log10 billions) to models without a learned ID, at
-    # evaluation and serving only (training never sees it). In this config's score units; tuned
-    # on val: 0 -> 16 -> 32 raised val unseen-model τ_w 0.24 -> 0.36 -> 0.37 (README).
-    c.model.cold_size_prior = 32.0
     # Per-record competence features (data/competence.py): the model's record on other groups
     # of the task, source, modality and dataset, on the most similar training datasets, its
     # family's, and its size and release relative to the group's other models. Off: on the
     # val folds (issue 15, README) they did not beat this default (new models fell 0.34 -> 0.17
-    # without the size prior above), so the preset `competence` keeps them opt-in.
+    # without a cold-start size prior), so the preset `competence` keeps them opt-in.
     c.model.use_competence = False
     # Share of a batch's models treated as new for all their records (ID and history withheld),
     # so the scorer learns how models without history rank (with use_competence).
     c.model.cold_model_rate = 0.0
     c.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
+
+    # --- cold-start prior (modellens_jax/cold_start.py) ---------------------------------------
+    # Added to the scores of models without a learned ID at evaluation and serving (training
+    # never sees it): per task, the within-group effect of log size and of "size unknown" on
+    # the z-score and each family's mean z, learned from the training records (shrunk toward
+    # the modality's / the family's all-task values). Its two weights (multiples of the
+    # scorer's score spread; 0 = off) and the shrinkage pseudo-count are picked by the
+    # training command on the run's validation split (the settings with new models) from
+    # these grids by coordinate search, and stored in WORKDIR/cold_start.json.
+    c.cold_start = ml_collections.ConfigDict()
+    c.cold_start.fit = True
+    c.cold_start.scales = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    c.cold_start.family_scales = (0.5, 1.0, 2.0, 4.0, 8.0)
+    c.cold_start.shrinks = (3.0, 30.0)
 
     # --- losses ---------------------------------------------------------------------------
     c.loss = ml_collections.ConfigDict()
@@ -197,9 +207,8 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
                 metric_dim=256, size_dim=64, family_dim=64, hidden_dim=512,
             )  # fmt: skip
         elif name == "reference":
-            c.model.update(
-                id_init_std=1.0, interaction_dim=0, use_release=False, cold_size_prior=0.0
-            )
+            c.model.update(id_init_std=1.0, interaction_dim=0, use_release=False)
+            c.cold_start.fit = False
             c.optim.weight_decay = 0.01
             c.optim.warmup_steps = 0
             c.optim.decay = "constant"
@@ -219,7 +228,7 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
             c.train.eval_at_start = False
             c.train.checkpoint_every = 3
         elif name == "competence":  # per-record competence features + cold-start episodes
-            c.model.update(use_competence=True, cold_model_rate=0.2, cold_size_prior=0.0)
+            c.model.update(use_competence=True, cold_model_rate=0.2)
         elif name == "ensemble":
             c.ensemble.members = 3
         elif name == "quick":  # the few-minute backtest: one cut-off per fold kind

@@ -83,7 +83,7 @@ POSITIVE = ("model.init_temperature",)
 MAX_MEMBERS = 16  # seed-ensemble members trained in one program (ensemble.members)
 # learning_rate 0 is allowed (a frozen run: tests use it to hold the judge constant).
 NONNEG = ("optim.learning_rate", "optim.weight_decay", "optim.clip_norm", "loss.bpr_weight_cap", "model.id_init_std",
-          "model.cold_size_prior", "loss.weights.listwise", "loss.weights.pairwise",
+          "loss.weights.listwise", "loss.weights.pairwise",
           "loss.weights.pointwise")  # fmt: skip
 RATES = ("model.dropout", "model.model_id_dropout", "model.dataset_id_dropout",
          "model.cold_model_rate")  # fmt: skip

@@ -6,8 +6,9 @@
 data stream of ``config.seed``) in one vectorised program; each keeps its best checkpoint by the
 validation judge. Layout: ``WORKDIR/config.json`` (the ensemble's config), ``WORKDIR/corpus``,
 ``WORKDIR/members/seed<S>/`` (ordinary run directories, each restorable with
-``rundir.restore``) and ``WORKDIR/ensemble.json`` (member directories, seeds, data seed, the
-config hash; written last, so its presence means the ensemble is complete).
+``rundir.restore``), ``WORKDIR/cold_start.json`` (the cold-start prior fitted to the members'
+mean score) and ``WORKDIR/ensemble.json`` (member directories, seeds, data seed, the config
+hash; written last, so its presence means the ensemble is complete).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from modellens_jax import cold_start, rundir
 from modellens_jax import config as config_lib
-from modellens_jax import rundir
 
 MANIFEST = "ensemble.json"
 SEED_STRIDE = 1000  # member seeds seed, seed + 1000, ...: apart from other runs' seeds 0, 1, ...
@@ -89,6 +90,7 @@ class Restored:
     config: ml_collections.ConfigDict
     members: list[rundir.Restored]
     manifest: dict[str, Any]
+    cold: cold_start.ColdStart | None = None  # fitted to the members' mean (``cold_start.json``)
 
     @property
     def tables(self):
@@ -110,4 +112,4 @@ def restore(
     fps = {m.corpus.fingerprint for m in members}
     if len(fps) != 1:
         raise ValueError(f"{workdir}: the members were trained on different corpora ({fps})")
-    return Restored(config, members, doc)
+    return Restored(config, members, doc, cold_start.load(workdir))

@@ -154,12 +154,19 @@ def judge_value(results: dict[str, dict[str, float]], judge: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def validator(judge: str) -> Callable[[Scorer, pipeline.FeatureTables], tuple[float, dict]]:
+def validator(
+    judge: str, settings: Sequence[str] | None = None
+) -> Callable[[Scorer, pipeline.FeatureTables], tuple[float, dict]]:
     """The trainer's validation: ``(scorer, tables) -> (judge value, per-setting results)`` on
-    the validation split (checkpoint selection and early stopping)."""
+    the validation split (checkpoint selection and early stopping; ``settings`` restricts it
+    to those of the split's settings, e.g. the cold-start fit's)."""
 
     def validate(scorer: Scorer, tables: pipeline.FeatureTables) -> tuple[float, dict]:
-        res = evaluate_settings(scorer, tables, splits.VAL)
+        res = {
+            name: evaluate(scorer, tables, splits.VAL, setting)[0]
+            for name, setting in splits.settings_of(tables.corpus).items()
+            if settings is None or name in settings
+        }
         return judge_value(res, judge), res
 
     return validate
@@ -225,26 +232,33 @@ class ModelScorer:
 
     needs_records = False
 
-    def __init__(self, graphdef, state, mesh: jax.sharding.Mesh, *, _fn=None):
+    def __init__(self, graphdef, state, mesh: jax.sharding.Mesh, *,
+                 cold: Any = None, _fn=None):  # fmt: skip
         from modellens_jax import sharding, train_state
 
-        self.graphdef, self.state, self.mesh = graphdef, state, mesh
+        self.graphdef, self.state, self.mesh, self.cold = graphdef, state, mesh, cold
         self._to_device = functools.partial(sharding.to_replicated, mesh=mesh)
         self._fn = _fn if _fn is not None else train_state.jit_score(graphdef, mesh)
 
     @classmethod
     def of(cls, run) -> ModelScorer:
-        """The scorer of a restored run (``rundir.restore``)."""
-        return cls(run.graphdef, run.state, run.mesh)
+        """The scorer of a restored run (``rundir.restore``) with its fitted cold-start prior
+        (``cold_start``: added to the network's scores of models without a learned ID)."""
+        return cls(run.graphdef, run.state, run.mesh, cold=run.cold)
 
     def with_state(self, state) -> ModelScorer:
         """The same architecture with another state (a checkpoint, a perturbed copy), sharing
-        this scorer's compiled function."""
+        this scorer's compiled function (and no cold-start prior: it was fitted to a state)."""
         return ModelScorer(self.graphdef, state, self.mesh, _fn=self._fn)
 
-    def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    def network(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The network's scores ``[R, L]`` alone (no cold-start prior)."""
         b = self._to_device({k: batch[k] for k in SCORED_KEYS if k in batch})
         return np.asarray(self._fn(self.state, b).addressable_data(0))
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        s = self.network(batch)
+        return s if self.cold is None else s + self.cold.batch_prior(batch)
 
 
 class EnsembleScorer:
@@ -254,23 +268,28 @@ class EnsembleScorer:
 
     needs_records = False
 
-    def __init__(self, scorers: Sequence[ModelScorer]):
+    def __init__(self, scorers: Sequence[ModelScorer], *,
+                 cold: Any = None):  # fmt: skip
         if not scorers:
             raise ValueError("an ensemble needs at least one member")
         self.scorers = list(scorers)
+        self.cold = cold
 
     @classmethod
     def of(cls, ens) -> EnsembleScorer:
-        """The scorer of a restored ensemble (``ensemble.restore``)."""
+        """The scorer of a restored ensemble (``ensemble.restore``), with its fitted prior."""
         first = ModelScorer.of(ens.members[0])
-        return cls([first, *(first.with_state(m.state) for m in ens.members[1:])])
+        return cls([first, *(first.with_state(m.state) for m in ens.members[1:])],
+                   cold=ens.cold)  # fmt: skip
 
     def members(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        """``[N, R, L]``: every member's scores of the batch."""
-        return np.stack([s(batch) for s in self.scorers])
+        """``[N, R, L]``: every member's network scores of the batch (the prior, the same for
+        every member, is not in them)."""
+        return np.stack([s.network(batch) for s in self.scorers])
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self.members(batch).mean(0)
+        s = self.members(batch).mean(0)
+        return s if self.cold is None else s + self.cold.batch_prior(batch)
 
 
 def baseline_tables(tables: pipeline.FeatureTables) -> tuple[pipeline.FeatureTables, str | None]:

@@ -14,7 +14,10 @@ or grain)::
                          N = 1 for a single run)
   tables.safetensors     per known model (rows in vocab order): models/{model_id, name_tokens,
                          name_mask, size_bucket, log_size, release, family, params,
-                         model_desc}; per known dataset: datasets/{dataset_id, dataset_desc}
+                         model_desc}; per known dataset: datasets/{dataset_id, dataset_desc};
+                         cold_start/{slope [T, 2], impute [T], family [T, F]}: the run's fitted
+                         cold-start prior (``modellens_jax.cold_start``; weights in the manifest), which
+                         serving adds to the functions' scores of models without a learned ID
   vocab.json             models, datasets, tasks, metrics, families (index = id; 0 = [UNK])
   texts.json             the texts the description embeddings were computed from
   config.json            the training config
@@ -57,7 +60,7 @@ from flax import nnx
 from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
-from modellens_jax import checkpointing, cli, fsutil, jobguard, optim, rundir, sharding
+from modellens_jax import checkpointing, cli, cold_start, fsutil, jobguard, optim, rundir, sharding
 from modellens_jax.data import competence, features, pipeline, splits
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.model import Scorer
@@ -319,9 +322,11 @@ def write_bundle(
     platforms: Sequence[str] = PLATFORMS,
     encoder: Mapping[str, Any] | None = None,
     seeds: Sequence[int] | None = None,
+    cold: cold_start.ColdStart | None = None,
 ) -> Path:
     """Writes the bundle of ``models`` (a Scorer, or the members of a seed ensemble with their
-    ``seeds``) into ``out`` atomically; returns ``out``.
+    ``seeds``) and the run's fitted cold-start prior ``cold`` into ``out`` atomically; returns
+    ``out``.
 
     ``encoder`` overrides :func:`encoder_info` (``encoder.json``). An existing bundle at
     ``out`` is replaced; any other existing, non-empty path is refused.
@@ -355,7 +360,10 @@ def write_bundle(
             "datasets/dataset_desc": dataset_desc,
             **applicability_tables(c),
             **(competence_tables(corpus, tables) if model.use_competence else {}),
-        }
+            **({"cold_start/slope": np.asarray(cold.slope, np.float64),
+                "cold_start/impute": np.asarray(cold.impute, np.float64),
+                "cold_start/family": np.asarray(cold.family, np.float64)} if cold else {}),
+        }  # fmt: skip
         tabs = {k: np.ascontiguousarray(v) for k, v in tabs.items()}
         save_file(tabs, tmp / "tables.safetensors", metadata={"format": "modellens-tables"})
         keys = ("models", "datasets", "tasks", "metrics", "families", "modalities")
@@ -398,6 +406,7 @@ def write_bundle(
                 "competence": list(competence.NAMES) if model.use_competence else [],
                 "competence_neighbours": competence.NEIGHBOURS,
             },
+            "cold_start": _cold_info(cold),
             "features": {
                 "model_id": bool(m.use_model_id),
                 "name": bool(m.use_model_name),
@@ -441,6 +450,20 @@ def write_bundle(
     return out
 
 
+def _cold_info(cold: cold_start.ColdStart | None) -> dict[str, Any] | None:
+    """The manifest's ``cold_start``: the prior's scale and shrinkage and how it was fitted."""
+    if cold is None:
+        return None
+    keep = ("step", "scale_multiple", "family_scale_multiple", "unit", "validation",
+            "validation_without")  # fmt: skip
+    return {
+        "scale": float(cold.scale),
+        "family_scale": float(cold.family_scale),
+        "shrink": float(cold.shrink),
+        **{k: cold.fit[k] for k in keep if k in cold.fit},
+    }
+
+
 def export(
     workdir: str | os.PathLike,
     out: str | os.PathLike,
@@ -474,7 +497,7 @@ def _export(workdir, out: Path, *, step: int | None, platforms: Sequence[str]) -
     if lineage:  # the updates this run went through (modellens_jax.update)
         source["lineage"] = lineage
     return write_bundle(model, r.config, r.corpus, r.tables, out, source=source,
-                        platforms=platforms)  # fmt: skip
+                        platforms=platforms, cold=r.cold)  # fmt: skip
 
 
 def _export_ensemble(workdir: Path, out: Path, *, step: int | None,
@@ -502,7 +525,7 @@ def _export_ensemble(workdir: Path, out: Path, *, step: int | None,
     }
     r = runs[0]
     return write_bundle(models, ens.config, r.corpus, r.tables, out, source=source,
-                        platforms=platforms, seeds=ens.manifest["seeds"])  # fmt: skip
+                        platforms=platforms, seeds=ens.manifest["seeds"], cold=ens.cold)  # fmt: skip
 
 
 def _source(r: rundir.Restored, workdir) -> dict[str, Any]:

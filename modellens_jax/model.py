@@ -20,10 +20,6 @@ Beyond the paper (each switchable; ``configs/ablations.py`` has a preset per swi
   matrix-factorisation inductive bias an MLP over concatenated inputs learns poorly;
 - **continuous size**: the size input is the bucket embedding ‖ (log10 size, known), so sizes
   inside one bucket are ordered; **release date** (``use_release``): (years from 2024, known);
-- **cold-start size prior** (``cold_size_prior``): models without a learned ID get
-  ``λ·log10(size)`` added to their prior at evaluation and serving (never in training, where
-  every model has an ID): new models come in families of graded sizes, inside which bigger is
-  almost always better, a regularity the historical records underweight;
 - **competence features** (``use_competence``): per record, the model's record on the other
   training groups of its task, source, modality and dataset, on the most similar training
   datasets, its family's, and its size and release relative to the group's other models
@@ -234,7 +230,6 @@ class Scorer(nnx.Module):
         # Family is one switch for backbone and prior (the "no_family" ablation drops both).
         self.use_family = bool(c.use_family_prior)
         self.use_size_prior = bool(c.use_size_prior) and self.use_size_feature
-        self.cold_size_prior = float(c.cold_size_prior)
         for name, p in (("model", self.model_id_dropout), ("dataset", self.dataset_id_dropout)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}_id_dropout must be in [0, 1], got {p}")
@@ -391,22 +386,15 @@ class Scorer(nnx.Module):
 
     def model_prior(self, models: Mapping[str, Array]) -> Array:
         """Size/family prior score per distinct model ``[U]``; zeros when no prior is enabled."""
-        u = models["model_id"].shape[0]
-        cold = jnp.zeros((u,), jnp.float32)
-        if self.cold_size_prior and self.use_size_feature:
-            # Ranks never-seen models bigger-first unless the network says otherwise strongly:
-            # new releases come as families of graded sizes, which old records underrepresent.
-            known = (models["model_id"] == 0) & (models["size_bucket"] > 0)
-            cold = self.cold_size_prior * jnp.where(known, models["log_size"], 0.0)
         if not self.has_prior:
-            return cold
+            return jnp.zeros((models["model_id"].shape[0],), jnp.float32)
         parts = []
         if self.use_size_prior:
             parts.append(self.size_features(models))
         if self.use_family:
             parts.append(self.family_embed(models["family"]))
         x = jax.nn.relu(_dense(self.prior_hidden, jnp.concatenate(parts, -1), self.dtype))
-        return _dense(self.prior_out, x, self.dtype)[..., 0] + cold
+        return _dense(self.prior_out, x, self.dtype)[..., 0]
 
     def first_layer_kernel(self) -> Array:
         """The split kernel reassembled as the upstream ``[in_dim, hidden]`` matrix (§4 order)."""

@@ -6,7 +6,8 @@ and backtests.
 ``checkpoints/<step>/`` Orbax checkpoints with ``meta`` (``checkpoint_meta``); ``metrics.jsonl``
 and ``tb/`` the curves; ``train_summary.json`` (``write_summary``) the last step, the best
 validation point and the compile count; ``lineage.jsonl`` (``append_lineage``) one line per
-incremental update (``modellens_jax.update``).
+incremental update (``modellens_jax.update``); ``cold_start.json`` the cold-start prior fitted
+on validation after training (``modellens_jax.cold_start``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from modellens_jax import checkpointing, sharding, train_state
+from modellens_jax import checkpointing, cold_start, sharding, train_state
 from modellens_jax import config as config_lib
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import pipeline
@@ -132,6 +133,7 @@ class Restored:
     meta: dict[str, Any]
     mesh: jax.sharding.Mesh
     best: dict[str, Any] | None  # the best validation point (``train_summary.json``)
+    cold: cold_start.ColdStart | None = None  # the fitted cold-start prior (``cold_start.json``)
 
 
 def restore(
@@ -187,4 +189,5 @@ def restore(
         ckpt.close()
     got, state, _, meta = restored
     best = read_summary(workdir).get("best")
-    return Restored(config, corpus, tables, graphdef, state, int(got), meta, mesh, best)
+    return Restored(config, corpus, tables, graphdef, state, int(got), meta, mesh, best,
+                    cold_start.load(workdir))  # fmt: skip

@@ -42,6 +42,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     best: dict[str, Any] | None
     compiles: int
+    stopped_early: bool = False
 
 
 def _host_scores(x: jax.Array) -> np.ndarray:
@@ -76,8 +77,36 @@ def train_and_evaluate(
 
         validate = evaluate.validator(str(config.train.judge))
     with lock, jobguard.StopSignals() as stop:
-        return _train_and_evaluate(config, workdir, say, verbose, stop_after, stop, validate,
-                                   initial_state)  # fmt: skip
+        result = _train_and_evaluate(config, workdir, say, verbose, stop_after, stop, validate,
+                                     initial_state)  # fmt: skip
+        if result.step >= int(config.train.steps) or result.stopped_early:
+            fit_cold_start(config, workdir, say)
+        return result
+
+
+def fit_cold_start(config: ml_collections.ConfigDict, workdir: Path, say=print) -> None:
+    """Fits the cold-start prior (``cold_start.fit``) to the run's best checkpoint on its
+    validation split and writes ``WORKDIR/cold_start.json`` (every process fits, the same way;
+    process 0 writes). With ``cold_start.fit`` off, no prior is written (and an old one goes)."""
+    from modellens_jax import cold_start, evaluate
+
+    path = workdir / cold_start.FILE
+    if not config.cold_start.fit:
+        if jax.process_index() == 0:
+            path.unlink(missing_ok=True)
+        return
+    t0 = time.perf_counter()
+    run = rundir.restore(workdir)
+    cs = cold_start.fit(
+        evaluate.ModelScorer(run.graphdef, run.state, run.mesh), run.tables,
+        evaluate.validator(str(config.train.judge), cold_start.COLD_SETTINGS),
+        **cold_start.grids(config),
+    )  # fmt: skip
+    cs = dataclasses.replace(cs, fit={**cs.fit, "step": run.step})
+    if jax.process_index() == 0:
+        cold_start.save(workdir, cs)
+    say(f"cold-start prior fitted to step {run.step} in {time.perf_counter() - t0:.0f}s: "
+        f"{cold_start.describe(cs)}")  # fmt: skip
 
 
 def _stop_requested(stop: jobguard.StopSignals) -> str | None:
@@ -217,6 +246,7 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
     compiles_after_warmup = None
     final_step = start
     interrupted: str | None = None
+    stop_early = False
     if start == 0 and bool(config.train.eval_at_start):  # the curve's starting point
         judge0, res0 = validate(model_scorer, tables)
         writer.write(0, {"val/judge": judge0,
@@ -316,7 +346,7 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
         say(f"warning: the step recompiled after warm-up ({compiles_after_warmup} -> {compiles})")
     if jax.process_index() == 0:
         rundir.write_summary(workdir, {"step": final_step, "best": best, "compiles": compiles})
-    return TrainResult(final_step, state, graphdef, history, best, compiles)
+    return TrainResult(final_step, state, graphdef, history, best, compiles, stop_early)
 
 
 # --- command --------------------------------------------------------------------------------

@@ -17,7 +17,16 @@ from safetensors.numpy import load_file, save_file
 from test_members import SHIFT_INVARIANT, _params
 from test_train import corpus_dir, make_workdir, tiny_config  # noqa: F401
 
-from modellens_jax import config_check, ensemble, evaluate, fsutil, rundir, train, uncertainty
+from modellens_jax import (
+    cold_start,
+    config_check,
+    ensemble,
+    evaluate,
+    fsutil,
+    rundir,
+    train,
+    uncertainty,
+)
 from modellens_jax.experiments import members
 from modellens_jax.serving import bundle as bundle_format
 from modellens_jax.serving import confidence, recommend, recommender
@@ -90,6 +99,11 @@ def _training_side(trained_ensemble, rec, queries):
     comp = rec.competence(pool, ctx)
     fn = nnx.jit(lambda m, a, b, x: m.score_all(a, b, x)["score"])
     scores = np.stack([np.asarray(fn(m, models, groups, comp)) for m in trained_ensemble["models"]])
+    # plus the ensemble's cold-start prior (fitted to the members' mean; the same for each)
+    cold = trained_ensemble["cold"]
+    if cold is not None:
+        mk = {k: models[k][None] for k in cold_start.MODEL_KEYS}
+        scores = scores + cold.prior(*mk.values(), groups["task"][:, None])[None]
     return scores, pool, ctx
 
 
@@ -105,7 +119,7 @@ def test_ensemble_bundle_serves_the_members_mean_and_spread(trained_ensemble):
     and standard deviation of the members' own training-side scores; each member is there."""
     rec = recommender.Recommender.load(trained_ensemble["bundle"])
     manifest = rec.bundle.manifest
-    assert manifest["format_version"] == bundle_format.FORMAT_VERSION == 5
+    assert manifest["format_version"] == bundle_format.FORMAT_VERSION == 6
     assert manifest["ensemble"] == {"members": 3, "seeds": [0, 1000, 2000]}
     assert [m["workdir"].rsplit("/", 1)[-1] for m in manifest["source"]["members"]] == [
         "seed0", "seed1000", "seed2000"]  # fmt: skip

@@ -309,13 +309,19 @@ def test_ablation_presets_switch_as_documented():
     m = abl.get_config("no_size_feature").model
     assert not m.use_size_feature and not m.use_size_prior and m.use_family_prior
     assert not abl.get_config("no_family").model.use_family_prior
-    m = abl.get_config("paper_scorer").model
-    assert (m.interaction_dim, m.use_release, m.cold_size_prior, m.id_init_std) == (0, False, 0, 1)
+    c = abl.get_config("paper_scorer")
+    m = c.model
+    assert (m.interaction_dim, m.use_release, m.id_init_std) == (0, False, 1)
+    assert not c.cold_start.fit
+    assert not abl.get_config("no_cold_size_prior").cold_start.fit
+    assert not abl.get_config("no_size_feature").cold_start.fit
+    assert abl.get_config("structural_only").cold_start.fit  # size on: the prior is kept
+    assert not abl.get_config("semantic_only").cold_start.fit  # no size input: no size prior
     assert abl.get_config("interaction").model.interaction_dim > 0
     assert default.model.interaction_dim == 0 and default.model.use_release
-    assert default.model.cold_size_prior > 0 and not default.model.use_competence
-    m = abl.get_config("competence").model
-    assert (m.use_competence, m.cold_model_rate, m.cold_size_prior) == (True, 0.2, 0.0)
+    assert default.cold_start.fit and not default.model.use_competence
+    c = abl.get_config("competence")
+    assert (c.model.use_competence, c.model.cold_model_rate, c.cold_start.fit) == (True, 0.2, True)
     with pytest.raises(ValueError, match="unknown ablation preset"):
         abl.get_config("nope")
     c = ablate.preset_config("listwise", {"train.steps": 7})

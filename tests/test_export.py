@@ -22,7 +22,7 @@ from flax import nnx
 from test_model import DESC, SIZES  # the tiny vocabulary sizes both files test with
 from trained_bundle import default_config  # the trained bundle's fixtures live there too
 
-from modellens_jax import export
+from modellens_jax import cold_start, export
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import features, pipeline, schema
 from modellens_jax.model import MIN_TEMPERATURE, FeatureSizes, Scorer
@@ -187,7 +187,12 @@ def test_bundle_scores_equal_training_scorer(trained, rec) -> None:
     out, prior = nnx.jit(lambda m, a, b, c: (m.score_all(a, b, c), m.model_prior(a)))(
         trained["model"], trained["models"], g, comp
     )
-    ref = {"score": out["score"], "residual": out["residual"], "prior": prior}
+    # plus the run's cold-start prior (cold_start.json, as evaluation adds it) for models
+    # without an ID
+    m = trained["models"]
+    cold = trained["cold"].prior(*(m[k][None] for k in cold_start.MODEL_KEYS), g["task"][:, None])
+    assert (cold != 0).any()
+    ref = {"score": out["score"] + cold, "residual": out["residual"], "prior": prior}
     for cached in (True, False):
         out = rec.score_matrix(pool, ctx, cached=cached)
         for k in ("score", "residual", "prior"):
@@ -218,6 +223,10 @@ def test_bundle_layout(trained) -> None:
     assert manifest["format_version"] == bundle_format.FORMAT_VERSION
     assert set(bundle_format.REQUIRED_FILES) <= set(manifest["files"])
     assert manifest["source"]["step"] == trained["step"] == 2
+    cold = trained["cold"]  # the run's fitted cold-start prior, as the bundle carries it
+    assert manifest["cold_start"]["scale"] == cold.scale and cold.scale > 0
+    assert manifest["cold_start"]["family_scale"] == cold.family_scale > 0
+    assert manifest["cold_start"]["step"] == trained["step"]
     from safetensors.numpy import load_file
 
     params = load_file(b / "params.safetensors")
@@ -243,13 +252,15 @@ def test_rank_known_and_unseen(trained, rec, tmp_path) -> None:
     pool = rec.known_models()
     ctx = rec.contexts([{"dataset": known_ds, "task": v["tasks"][1], "metric": v["metrics"][1]}])
     raw = rec.score_matrix(pool, ctx)
-    for r in res:  # the shown parts add up to the score; the raw score is (residual + prior) / T
+    for r in res:  # the shown parts add up to the score: (residual + prior) / T + cold prior
         i = pool.names.index(r.model)
         assert r.prior + r.cold + r.residual == r.score
         assert r.score == pytest.approx(
-            (raw["prior"][i] + raw["residual"][0, i]) / trained["T"], rel=1e-4, abs=1e-5
-        )
-        assert (r.prior + r.cold) * trained["T"] == pytest.approx(raw["prior"][i], abs=1e-4)
+            (raw["prior"][i] + raw["residual"][0, i]) / trained["T"] + raw["cold"][0, i],
+            rel=1e-4, abs=1e-5,
+        )  # fmt: skip
+        assert r.prior * trained["T"] == pytest.approx(raw["prior"][i], abs=1e-4)
+        assert r.cold == raw["cold"][0, i]
         assert r.pool == "all known models"
     # An unknown task is an error naming the closest known ones; --new_task scores it with the
     # pool and context of the nearest known tasks.
@@ -443,22 +454,32 @@ def test_rank_results_follow_the_score_matrix(rec) -> None:
     description-only query over every known model, the results are the pool in descending
     score with ties in pool order (a numpy stable argsort of ``score_matrix``), ranks 1..n,
     ``top_k`` (None and 0 = all), and each field from the pool and the score matrix: the cold
-    prior ``cold_size_prior * log10(params) / T`` of models without an ID, the shown prior
-    ``raw prior / T - cold`` and the residual (T and the prior weight read from the bundle's
-    files), the unknown features of model and query, known, family, size, description, pool."""
+    prior of models without an ID (``scale · (slope[task] · [log size or the task's imputed
+    one, unknown]) + family_scale · family[task, family]``, from the bundle's cold_start
+    tables and manifest), the shown prior ``raw prior / T`` and the residual (T read from the
+    bundle's files), the unknown features of model and query, known, family, size,
+    description, pool."""
     v, t = rec.bundle.vocab, rec.bundle.tables
     (T,) = np.maximum(np.asarray(rec.bundle.params["temperature"], np.float64),
                       recommender.MIN_TEMPERATURE)  # one member  # fmt: skip
-    weight = float(rec.bundle.config["model"]["cold_size_prior"])
+    info = rec.bundle.manifest["cold_start"]
+    scale, fscale = float(info["scale"]), float(info["family_scale"])
+    slope, impute = t["cold_start/slope"], t["cold_start/impute"]
+    fam_z = t["cold_start/family"]
     pool = rec.known_models()
     a = pool.arrays
-    log_size = a["log_size"].astype(np.float64)
-    cold = np.where((a["model_id"] == 0) & (a["size_bucket"] > 0), weight * log_size, 0.0) / T
-    assert weight > 0 and (cold > 0).any() and (cold == 0).any() and abs(T - 1) > 1e-4
+    known_size = a["size_bucket"] > 0
+    assert scale > 0 and fscale > 0 and abs(T - 1) > 1e-4
     params = np.asarray(t["models/params"], np.float64)
     assert np.isfinite(params).any() and not np.isfinite(params).all()
+    task = 1
+    x = np.where(known_size, a["log_size"].astype(np.float64), impute[task])
+    cold = scale * (slope[task, 0] * x + slope[task, 1] * ~known_size) + fscale * fam_z[
+        task, a["family"]]  # fmt: skip
+    cold = np.where(a["model_id"] == 0, cold, 0.0)
+    assert (cold != 0).any() and (cold == 0).any() and (~known_size[a["model_id"] == 0]).any()
     for q in ({"dataset": _known_dataset(rec)}, {"dataset_desc": "Some new data."}):
-        q = {**q, "task": v["tasks"][1], "metric": v["metrics"][1]}
+        q = {**q, "task": v["tasks"][task], "metric": v["metrics"][1]}
         ctx = rec.contexts([{"dataset": None, "dataset_desc": None, **q}])
         raw = rec.score_matrix(pool, ctx)
         score = raw["score"][0]
@@ -472,9 +493,9 @@ def test_rank_results_follow_the_score_matrix(rec) -> None:
             # the shown score is the sum of its parts, within an ulp of the matrix's score
             assert r.score == pytest.approx(float(score[i]), rel=1e-13, abs=1e-13)
             assert r.prior + r.cold + r.residual == r.score
-            assert r.cold == pytest.approx(cold[i], rel=1e-6, abs=1e-12)
+            assert r.cold == pytest.approx(cold[i], rel=1e-9, abs=1e-12)
             # float32 scores of magnitude ~100: a few 1e-6 of rounding in the difference
-            assert r.prior == pytest.approx(float(raw["prior"][i]) / T - cold[i], abs=5e-5)
+            assert r.prior == pytest.approx(float(raw["prior"][i]) / T, abs=5e-5)
             assert r.residual == pytest.approx(r.score - r.prior - r.cold, rel=1e-9, abs=1e-9)
             assert r.unknown == (*pool.unknown[i], *ctx.unknown[0])
             assert r.known is True and r.family == pool.families[i]  # all in the bundle

@@ -91,7 +91,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
             model_id_dim=16, name_dim=8, dataset_id_dim=8, task_dim=4, metric_dim=4, size_dim=4,
             family_dim=4, hidden_dim=16, dropout=0.1, model_id_dropout=0.1,
             dataset_id_dropout=0.1, init_temperature=1.0, compute_dtype="float32",
-            interaction_dim=8, cold_size_prior=0.0, id_init_std=1.0, cold_model_rate=0.0,
+            interaction_dim=8, id_init_std=1.0, cold_model_rate=0.0,
             **dict.fromkeys(SWITCHES, True),
         )
     )  # fmt: skip
@@ -511,17 +511,6 @@ def test_dropout_mask_does_not_depend_on_x64() -> None:
             wide = _dropout(x, rate, jax.random.key(7))
         assert wide.dtype == jnp.float32
         np.testing.assert_array_equal(np.asarray(wide), plain)
-
-
-@pytest.mark.parametrize("weight", [0.0, 3.0])
-def test_cold_size_prior_applies_to_models_without_an_id_only(weight: float) -> None:
-    model, b = make(cold_size_prior=weight), batch(17)
-    base = make(cold_size_prior=0.0)
-    cold = (np.asarray(b["model_id"]) == 0) & (np.asarray(b["size_bucket"]) > 0)
-    assert cold.any() and (~cold).any()
-    got = np.asarray(model.model_prior(b) - base.model_prior(b))
-    np.testing.assert_allclose(got, np.where(cold, weight * np.asarray(b["log_size"]), 0.0),
-                               rtol=1e-6, atol=1e-6)  # fmt: skip
 
 
 def test_cold_episodes_withhold_id_and_history_of_whole_models() -> None:

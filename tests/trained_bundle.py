@@ -54,12 +54,18 @@ def train_config() -> ml_collections.ConfigDict:
 def trained(compiled_corpus, tmp_path_factory) -> dict:
     """A bundle exported from a 2-step run, the training scorer's reference scores on random
     queries, and the workdir already deleted."""
-    from modellens_jax import rundir, train
+    from modellens_jax import cold_start, rundir, train
 
     base = tmp_path_factory.mktemp("trained")
     wd, bundle = base / "workdir", base / "bundle"
     shutil.copytree(compiled_corpus, wd / "corpus")
     result = train.train_and_evaluate(train_config(), wd, verbose=False)
+    # The fitted prior's learned effects with weights set, so that serving's use of both terms
+    # is visible whatever a 2-step run's validation chose.
+    cold = cold_start.load(wd)
+    assert cold is not None and cold.fit["step"] == result.step
+    cold = cold.weighted(3.0, 1.5)
+    cold_start.save(wd, cold)
     assert export.main([f"--workdir={wd}", f"--out={bundle}"]) == 0
     # The training code's model at the exported (final, only) step.
     model, _ = nnx.merge(result.graphdef, result.state)
@@ -89,6 +95,7 @@ def trained(compiled_corpus, tmp_path_factory) -> dict:
         "base": base,
         "T": temperature,
         "step": result.step,
+        "cold": cold,
     }
 
 
@@ -127,6 +134,6 @@ def trained_ensemble(compiled_corpus, tmp_path_factory) -> dict:
     assert export.main([f"--workdir={wd}", f"--out={bundle}", "--platforms=cpu"]) == 0
     ens = ensemble.restore(wd)
     models = [nnx.merge(m.graphdef, m.state)[0] for m in ens.members]
-    return {"bundle": bundle, "workdir": wd, "doc": doc, "models": models,
+    return {"bundle": bundle, "workdir": wd, "doc": doc, "models": models, "cold": ens.cold,
             "tables": ens.tables, "corpus": ens.corpus,
             "summaries": [rundir.read_summary(wd / d) for d in doc["members"]]}  # fmt: skip

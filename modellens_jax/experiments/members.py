@@ -162,7 +162,30 @@ def train_ensemble(
         single.ensemble.members = 1  # each member is an ordinary run
         train_members(single, workdir, [{}] * n, names=ensemble.member_dirs(seeds), seeds=seeds,
                       verbose=verbose)  # fmt: skip
+        _fit_cold_start(config, workdir, ensemble.member_dirs(seeds), verbose)
         return ensemble.write_manifest(workdir, config)
+
+
+def _fit_cold_start(config, workdir: Path, dirs: list[str], verbose: bool) -> None:
+    """The ensemble's cold-start prior (``WORKDIR/cold_start.json``), fitted to the members'
+    mean score on validation, as ``train.fit_cold_start`` fits a single run's."""
+    from modellens_jax import cold_start
+
+    (workdir / cold_start.FILE).unlink(missing_ok=True)
+    if not config.cold_start.fit:
+        return
+    runs = [rundir.restore(workdir / d) for d in dirs]
+    first = evaluate.ModelScorer(runs[0].graphdef, runs[0].state, runs[0].mesh)
+    scorer = evaluate.EnsembleScorer([first, *(first.with_state(r.state) for r in runs[1:])])
+    cs = cold_start.fit(
+        scorer, runs[0].tables,
+        evaluate.validator(str(config.train.judge), cold_start.COLD_SETTINGS),
+        **cold_start.grids(config),
+    )  # fmt: skip
+    if jax.process_index() == 0:
+        cold_start.save(workdir, cs)
+    if verbose:
+        print(f"cold-start prior of the ensemble: {cold_start.describe(cs)}")
 
 
 def _train_members(config, root: Path, configs, names, verbose: bool, by_seed: bool) -> list[Any]:

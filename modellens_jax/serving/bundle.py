@@ -26,9 +26,11 @@ from modellens_jax import fsutil
 FORMAT = "modellens-bundle"
 # 2: models carry log_size and release; 3: applicability tables; 4: competence memory + input;
 # 5: seed ensembles: every parameter has a leading member axis [N, ...] (N = 1 for a single run)
-# and every function returns each member's outputs [N, ...] (manifest "ensemble": members, seeds)
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (4, 5)  # a 4 is a single model: loaded as a one-member ensemble
+# and every function returns each member's outputs [N, ...] (manifest "ensemble": members, seeds);
+# 6: the cold-start prior is fitted and applied outside the functions (tables cold_start/*,
+# manifest "cold_start"; 4 and 5 carry a fixed size prior inside their functions)
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (4, 5, 6)  # a 4 is a single model: loaded as a one-member ensemble
 FUNCTIONS = {
     "scorer": "scorer.jaxexport",
     "model_side": "model_side.jaxexport",
@@ -170,6 +172,16 @@ class Bundle:
     def members(self) -> int:
         """Seed-ensemble members whose scores the functions return (1: a single model)."""
         return int((self.manifest.get("ensemble") or {}).get("members", 1))
+
+    @property
+    def cold_start(self) -> dict[str, Any] | None:
+        """The fitted cold-start prior (weights, ``slope [T, 2]``, ``impute [T]``, ``family
+        [T, F]``, how it was fitted), or None (format 6 exported with the fit off, or 4/5)."""
+        info = self.manifest.get("cold_start")
+        if not info or "cold_start/slope" not in self.tables:
+            return None
+        return {**info, **{k: self.tables[f"cold_start/{k}"] for k in ("slope", "impute",
+                                                                       "family")}}  # fmt: skip
 
     @property
     def features(self) -> dict[str, bool]:

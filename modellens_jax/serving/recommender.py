@@ -57,6 +57,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from modellens_jax import cold_start
 from modellens_jax.data import features
 from modellens_jax.serving import confidence as confidence_lib
 from modellens_jax.serving.bundle import Bundle, BundleError, bucket, competence_width
@@ -396,8 +397,20 @@ class Recommender:
         self.temperature = np.maximum(
             np.asarray(bundle.params["temperature"], np.float64).reshape(-1), MIN_TEMPERATURE
         )
-        self.cold_size_prior = (
-            float(m_cfg.get("cold_size_prior", 0.0)) if m_cfg.get("use_size_feature", True) else 0.0
+        cs = bundle.cold_start
+        self.cold = (
+            None if cs is None
+            else cold_start.ColdStart(
+                np.asarray(cs["slope"], np.float64), np.asarray(cs["impute"], np.float64),
+                np.asarray(cs["family"], np.float64), float(cs["scale"]),
+                float(cs["family_scale"]), float(cs["shrink"]),
+            )
+        )  # fmt: skip
+        # formats 4 and 5 add a fixed size prior inside their functions (before the temperature)
+        self.legacy_cold = (
+            float(m_cfg.get("cold_size_prior", 0.0))
+            if m_cfg.get("use_size_feature", True) and bundle.manifest["format_version"] < 6
+            else 0.0
         )
 
     @classmethod
@@ -722,8 +735,10 @@ class Recommender:
     ) -> dict[str, np.ndarray]:
         """``score``/``residual`` [S, U] and ``prior`` [U] of every query against every model:
         the members' means (a single model's own values), ``score_std`` [S, U] the members'
-        spread (population standard deviation; 0 for one member) and ``members`` each
-        member's ``score``/``residual`` [N, S, U] and ``prior`` [N, U].
+        spread (population standard deviation; 0 for one member), ``cold`` [S, U] the fitted
+        cold-start prior inside ``score`` (``modellens_jax.cold_start``: models without a
+        learned ID; the same for every member) and ``members`` each member's
+        ``score``/``residual`` [N, S, U] and ``prior`` [N, U].
 
         ``cached`` reuses the pool's model side (computed on first use); otherwise the whole
         scorer runs (model side included)."""
@@ -732,7 +747,7 @@ class Recommender:
             zn = np.zeros((self.members, *z.shape), np.float32)
             members = {"score": zn, "prior": zn[:, 0] if len(ctx) else
                        np.zeros((self.members, len(pool)), np.float32), "residual": zn}  # fmt: skip
-            return {**_member_means(members), "members": members}
+            return {**_member_means(members), "cold": z.astype(np.float64), "members": members}
         groups = _pad(ctx.arrays, bucket(len(ctx), 1))
         fns, params = self.bundle.functions, self.bundle.params
         comp = self._competence_input(pool, ctx)
@@ -742,12 +757,13 @@ class Recommender:
         else:
             out = fns["scorer"](params, pool.padded(), groups, comp)
         s, u = len(ctx), len(pool)
+        cold = self.cold_prior(pool.arrays, ctx.arrays["task"][:, None])
         members = {
-            "score": np.asarray(out["score"])[:, :s, :u],
+            "score": np.asarray(out["score"])[:, :s, :u] + cold.astype(np.float32),
             "prior": np.asarray(out["prior"])[:, :u],
             "residual": np.asarray(out["residual"])[:, :s, :u],
         }
-        return {**_member_means(members), "members": members}
+        return {**_member_means(members), "cold": cold, "members": members}
 
     def rank(
         self,
@@ -802,8 +818,9 @@ class Recommender:
         # residual is the rest, and the shown score the sum of the three as floats add them
         # (within an ulp of the mean score), so the parts add up to it exactly
         T = self.temperature[:, None]
-        cold = np.mean(self.cold_prior(models)[None] / T, 0)
-        prior = np.mean(out["members"]["prior"] / T, 0) - cold
+        legacy = np.mean(self._legacy_cold(models)[None] / T, 0)  # inside a 4/5's prior
+        cold = legacy + out["cold"][0]
+        prior = np.mean(out["members"]["prior"] / T, 0) - legacy
         residual = out["score"][0].astype(np.float64) - (prior + cold)
         score, std = prior + cold + residual, out["score_std"][0]
         idx = np.flatnonzero(keep)
@@ -835,12 +852,19 @@ class Recommender:
             for r, i in enumerate(idx)
         ]
 
-    def cold_prior(self, pool: ModelPool) -> np.ndarray:
-        """The cold-start size prior inside the exported prior, per pool model (before the
-        temperature): ``cold_size_prior · log10(params)`` for models without a learned ID."""
+    def cold_prior(self, models: Mapping[str, np.ndarray], task: np.ndarray) -> np.ndarray:
+        """The bundle's fitted cold-start prior (score units) of models (rows of ``models``
+        arrays) on tasks (broadcast against them); zeros without one."""
+        if self.cold is None:
+            return np.zeros(np.broadcast_shapes(np.shape(models["model_id"]), np.shape(task)))
+        return self.cold.prior(*(models[k] for k in cold_start.MODEL_KEYS), task)
+
+    def _legacy_cold(self, pool: ModelPool) -> np.ndarray:
+        """A format-4/5 bundle's fixed size prior inside its exported prior, per pool model
+        (before the temperature): ``cold_size_prior · log10(params)`` for models without ID."""
         a = pool.arrays
         on = (a["model_id"] == 0) & (a["size_bucket"] > 0)
-        return np.where(on, self.cold_size_prior * a["log_size"], 0.0).astype(np.float64)
+        return np.where(on, self.legacy_cold * a["log_size"], 0.0).astype(np.float64)
 
     def resolve_query(
         self, *, dataset: str | None, dataset_desc: str | None, task: str | None,
@@ -991,6 +1015,9 @@ class Recommender:
             for k in parts:
                 parts[k].append(np.asarray(out[k])[:, : len(ms)])
         res = _member_means({k: np.concatenate(v, axis=1) for k, v in parts.items()})
+        cold = self.cold_prior({k: pool.arrays[k][mslot] for k in cold_start.MODEL_KEYS},
+                               ctx.arrays["task"][gslot])  # fmt: skip
+        res["score"] = res["score"] + cold.astype(np.float32)
         ens = self.members > 1
         return [
             {
@@ -1001,6 +1028,7 @@ class Recommender:
                 "score": float(res["score"][i]),
                 "prior": float(res["prior"][i]),
                 "residual": float(res["residual"][i]),
+                "cold": float(cold[i]),
                 **({"score_std": float(res["score_std"][i])} if ens else {}),
                 "unknown": [*pool.unknown[mslot[i]], *ctx.unknown[gslot[i]]],
             }
