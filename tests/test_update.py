@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import update_data
-from test_train import assert_states_equal, compile_cache, tiny_config  # noqa: F401
+from test_train import assert_states_equal, tiny_config
 
 from modellens_jax import checkpointing, rundir, train, train_state, update
 from modellens_jax import config as config_lib
