@@ -88,17 +88,18 @@ def _mesh(data: int, model: int):
 
 @pytest.fixture(scope="module")
 def restored(run):
-    """The run's best checkpoint restored on one device: (tables, graphdef, state, step, mesh)."""
+    """The run's best checkpoint restored on one device: (tables, graphdef, state, step, mesh,
+    the run's fitted cold-start prior)."""
     mesh = _mesh(1, 1)
     r = rundir.restore(run[0], mesh=mesh)
-    return r.tables, r.graphdef, r.state, r.step, mesh
+    return r.tables, r.graphdef, r.state, r.step, mesh, r.cold
 
 
 @pytest.fixture(scope="module")
 def report1(restored):
-    tables, graphdef, state, _, mesh = restored
+    tables, graphdef, state, _, mesh, cold = restored
     return evaluate.evaluate_report(
-        evaluate.ModelScorer(graphdef, state, mesh), tables, splits.TEST
+        evaluate.ModelScorer(graphdef, state, mesh, cold=cold), tables, splits.TEST
     )
 
 
@@ -119,10 +120,10 @@ def _same(a, b):
 
 def test_same_numbers_twice_and_on_1_or_8_devices(run, restored, report1):
     wd, result = run
-    tables, graphdef, state, step, mesh = restored
+    tables, graphdef, state, step, mesh, cold = restored
     assert step == result.step
-    again = evaluate.evaluate_report(evaluate.ModelScorer(graphdef, state, mesh), tables,
-                                     splits.TEST)  # fmt: skip
+    again = evaluate.evaluate_report(evaluate.ModelScorer(graphdef, state, mesh, cold=cold),
+                                     tables, splits.TEST)  # fmt: skip
     _same(report1, again)
     step8, eight = _report(wd, _mesh(8, 1))  # restored onto all 8 devices
     assert step8 == step
@@ -178,7 +179,7 @@ def _perturb_ids(state, table: str):
 
 
 def test_held_out_entities_never_use_a_learned_id(restored):
-    tables, graphdef, state, _, mesh = restored
+    tables, graphdef, state, _, mesh, _ = restored
     base = evaluate.ModelScorer(graphdef, state, mesh)
     perturbed = {t: base.with_state(_perturb_ids(state, t))
                  for t in ("model_id_embed", "dataset_id_embed")}  # fmt: skip
