@@ -16,8 +16,8 @@
 #     sbatch [--nodes=4] launch/slurm.sh [--config.x=y ...]
 # each task runs:
 #   python -m modellens_jax.train --config=$CONFIG --workdir=$WORKDIR \
-#     --coordinator=<first node>:$PORT --num_processes=$SLURM_NTASKS [--config.x=y ...] \
-#     --process_id=$SLURM_PROCID
+#     --coordinator=<first node>:$PORT --num_processes=$SLURM_NTASKS --config.input.blocks=0 \
+#     [--config.x=y ...] --process_id=$SLURM_PROCID
 # WORKDIR must be on a filesystem every node sees. Resubmitting resumes from its checkpoints.
 # Preemption: --signal=TERM@120 has SLURM send SIGTERM to every task 120 s before the time
 # limit (scancel and preemption send it too); srun and each task exec the trainer, so the
@@ -58,7 +58,7 @@ if [[ -z "${COORD_HOST:-}" ]]; then
 fi
 
 task=("$PYTHON" -m modellens_jax.train "--config=$CONFIG" "--workdir=$WORKDIR"
-  "--coordinator=$COORD_HOST:$PORT" "--num_processes=$NPROC" "$@")
+  "--coordinator=$COORD_HOST:$PORT" "--num_processes=$NPROC" --config.input.blocks=0 "$@")
 # SLURM_PROCID is only known inside each task, hence the inner bash (single quotes on purpose).
 # shellcheck disable=SC2016
 launch=(srun --kill-on-bad-exit=1 bash -c 'exec "$@" --process_id="$SLURM_PROCID"' bash "${task[@]}")

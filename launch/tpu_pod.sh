@@ -13,7 +13,8 @@
 #   gcloud compute tpus tpu-vm scp /tmp/modellens_jax_src.tar.gz $TPU:~/ --zone=$ZONE --worker=all
 #   gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command="<install>"
 #   gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command="cd ~/modellens-jax &&
-#     python3 -m modellens_jax.train --config=$CONFIG --workdir=$WORKDIR --distributed ..."
+#     python3 -m modellens_jax.train --config=$CONFIG --workdir=$WORKDIR --distributed \
+#     --config.input.blocks=0 ..."   (blocks=0: one shard-local batch block per data shard)
 # <install> unpacks into ~/modellens-jax and runs pip install "jax[tpu]" -e . there.
 # WORKDIR: an NFS / Filestore mount or a gcsfuse mount of a bucket (e.g. /gcs/BUCKET/run) on
 # every worker. gs:// URLs are refused: the trainer writes its workdir with local file I/O
@@ -55,7 +56,7 @@ run() {
 install="mkdir -p ~/$REMOTE_DIR && tar xzf ~/$(basename "$TARBALL") -C ~/$REMOTE_DIR"
 install+=" && cd ~/$REMOTE_DIR && $PYTHON -m pip install -q \"jax[tpu]\" -e ."
 train="cd ~/$REMOTE_DIR && $(sq "$PYTHON" -m modellens_jax.train "--config=$CONFIG" \
-  "--workdir=$WORKDIR" --distributed "$@")"
+  "--workdir=$WORKDIR" --distributed --config.input.blocks=0 "$@")"
 
 if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
   if [[ "${DRY_RUN:-0}" != 1 ]] && ! git diff --quiet HEAD -- 2>/dev/null; then

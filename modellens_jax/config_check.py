@@ -70,11 +70,12 @@ def _num(key: str, v: Any, integer: bool) -> float:
     return v
 
 
-INT_POSITIVE = ("input.groups_per_batch", "input.list_size", "train.steps", "train.log_every",
-                "train.eval_every", "train.checkpoint_every", "train.keep_latest",
+INT_POSITIVE = ("input.groups_per_batch", "input.list_size", "train.steps",
+                "train.log_every", "train.eval_every", "train.checkpoint_every", "train.keep_latest",
                 "model.hidden_dim", "embed.batch_size", "embed.max_length",
                 "data.name_buckets", "data.max_name_tokens", "ensemble.members")  # fmt: skip
-INT_NONNEG = ("input.max_models_per_batch", "input.max_groups_per_batch", "input.worker_count",
+INT_NONNEG = ("input.max_models_per_batch", "input.max_groups_per_batch", "input.blocks",
+              "input.worker_count",
               "input.prefetch", "train.keep_best", "train.early_stop_patience",
               "optim.warmup_steps", "seed", "model.interaction_dim")  # fmt: skip
 DIMS = ("model_id_dim", "name_dim", "dataset_id_dim", "task_dim", "metric_dim", "size_dim",
@@ -227,10 +228,23 @@ def validate(
             f"config input.max_models_per_batch={mm_models}: must be divisible by the mesh data "
             f"axis ({n_data}) and the process count ({process_count})"
         )
-    mg = int(config.input.max_groups_per_batch)
-    if mg % process_count:
+    blocks = int(config.input.get("blocks", 1)) or n_data
+    for key, n in (("groups_per_batch", rows), ("max_models_per_batch", mm_models),
+                   ("max_groups_per_batch", int(config.input.max_groups_per_batch))):  # fmt: skip
+        if n % blocks:
+            raise ConfigError(
+                f"config input.{key}={n}: must be divisible by the batch's blocks ({blocks}: "
+                "input.blocks, 0 = the mesh data axis)"
+            )
+    if blocks > 1 and blocks % process_count:
         raise ConfigError(
-            f"config input.max_groups_per_batch={mg}: must be divisible by the process count "
+            f"config input.blocks={blocks}: must be divisible by the process count "
             f"({process_count})"
+        )
+    mg = int(config.input.max_groups_per_batch)
+    if mg % n_data or mg % process_count:
+        raise ConfigError(
+            f"config input.max_groups_per_batch={mg}: must be divisible by the mesh data "
+            f"axis ({n_data}) and the process count ({process_count})"
         )
     return config

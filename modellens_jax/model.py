@@ -12,7 +12,8 @@ and test the equivalence.
 
 ID dropout (training only): each record independently replaces its model ID and,
 independently, its dataset ID by [UNK] (row 0). In the factorised form this is a per-record
-select between ``Mside[u]`` and ``Mside[u] − W_id·e_id(u) + W_id·e_unk``.
+select between ``rest[u] + W_id·e_id(u)`` and ``rest[u] + W_id·e_unk``, the ID projection taken
+once per distinct model (``Scorer._side_records``).
 
 Beyond the paper (each switchable; ``configs/ablations.py`` has a preset per switch):
 
@@ -154,9 +155,19 @@ def _dense(layer: nnx.Linear, x: Array, dtype: jnp.dtype) -> Array:
     return _matmul(x, layer.kernel[...], dtype) + layer.bias[...]
 
 
-def _take(x: Array, idx: Array) -> Array:
-    """Gathers rows of ``x`` by slot; clipped so padded slots never produce NaN."""
-    return jnp.take(x, idx, axis=0, mode="clip")
+def _take(x: Array, idx: Array, blocks: int = 1) -> Array:
+    """Gathers rows of ``x`` by slot; clipped so padded slots never produce NaN. With
+    ``blocks`` > 1 (a batch of shard-local blocks, ``data/batch.py``) the gather is batched over
+    the blocks, so a data-sharded batch gathers on each shard without communication."""
+    if blocks == 1:
+        return jnp.take(x, idx, axis=0, mode="clip")
+    n = x.shape[0] // blocks
+    local = idx.reshape(blocks, -1, *idx.shape[1:])
+    local = local - (jnp.arange(blocks, dtype=idx.dtype) * n).reshape(-1, *[1] * idx.ndim)
+    out = jax.vmap(lambda a, i: jnp.take(a, i, axis=0, mode="clip"))(
+        x.reshape(blocks, n, *x.shape[1:]), local
+    )
+    return out.reshape(*idx.shape, *x.shape[1:])
 
 
 def _dropout(x: Array, rate: Any, key: Array) -> Array:
@@ -379,10 +390,28 @@ class Scorer(nnx.Module):
         feats = self.context_features(groups)
         return self._project(feats, groups["task"].shape[0]) + self.first.bias[...]
 
-    def _unk_side(self, table: nnx.Embed, feature: str, ids_proj: Array, side: Array) -> Array:
-        """The side with each row's ID replaced by [UNK]: ``side − W·e_id + W·e_unk``."""
-        unk = _matmul(table.embedding[...][:1], self.first.kernels[feature][...], self.dtype)
-        return side - ids_proj + unk
+    def _side_records(
+        self,
+        feats: Mapping[str, Array],
+        num: int,
+        slot: Array,
+        feature: str,
+        table: str,
+        drop: Array | None,
+        blocks: int = 1,
+    ) -> Array:
+        """One side of the first layer gathered to the records ``[R, L, hidden]``. With an ID
+        dropout mask ``drop`` ``[R, L]`` (True = [UNK]), the ID's projection ``W·e_id`` is
+        computed once per distinct row (never per record) and a dropped record takes
+        ``rest + W·e_unk`` instead of ``rest + W·e_id``."""
+        if drop is None:
+            return _take(self._project(feats, num), slot, blocks)
+        feats = dict(feats)
+        ids = _matmul(feats.pop(feature), self.first.kernels[feature][...], self.dtype)
+        rest = _take(self._project(feats, num), slot, blocks)
+        e_unk = getattr(self, table).embedding[...][:1]
+        unk = _matmul(e_unk, self.first.kernels[feature][...], self.dtype)
+        return rest + jnp.where(drop[..., None], unk, _take(ids, slot, blocks))
 
     def model_prior(self, models: Mapping[str, Array]) -> Array:
         """Size/family prior score per distinct model ``[U]``; zeros when no prior is enabled."""
@@ -481,15 +510,9 @@ class Scorer(nnx.Module):
         """
         keys = self._keys(train, key)
         r = self._rates(rates)
-        id_drop_m = self.use_model_id and (rates is not None or self.model_id_dropout > 0)
-        id_drop_d = self.use_dataset_id and (rates is not None or self.dataset_id_dropout > 0)
         mslot, gslot = batch["model_slot"], batch["group_slot"]
         u, s = batch["model_id"].shape[0], batch["task"].shape[0]
-        mfeats = self.model_features(batch)
-        cfeats = self.context_features(batch)
-        mside = self._project(mfeats, u)
-        cside = self._project(cfeats, s) + self.first.bias[...]
-        m_rec, c_rec = _take(mside, mslot), _take(cside, gslot)
+        blocks = batch["blocks"].shape[1] if "blocks" in batch else 1
         comp = batch["competence"] if self.use_competence else None
         cold = keys is not None and self.cold_model_rate > 0
         if cold:
@@ -498,23 +521,28 @@ class Scorer(nnx.Module):
             cold_u = jax.random.bernoulli(
                 jax.random.fold_in(keys[0], 1), self.cold_model_rate, (u,)
             )
-            cold_r = _take(cold_u, mslot)
+            cold_r = _take(cold_u, mslot, blocks)
             comp = jnp.where(cold_r[..., None], batch["competence_cold"], comp)
-        if keys is not None and (id_drop_m or id_drop_d or cold):
+        drop = keys is not None
+        id_drop_m = (
+            drop and self.use_model_id and (rates is not None or self.model_id_dropout > 0 or cold)
+        )
+        id_drop_d = (
+            drop and self.use_dataset_id and (rates is not None or self.dataset_id_dropout > 0)
+        )
+        if drop and (id_drop_m or id_drop_d):
             drop_m, drop_d = self.id_dropout_masks(keys[0], mslot.shape, r)
             if cold and self.use_model_id:
-                drop_m, id_drop_m = drop_m | cold_r, True
-            if id_drop_m:
-                proj = _matmul(mfeats["model_id"], self.first.kernels["model_id"][...], self.dtype)
-                m_unk = self._unk_side(self.model_id_embed, "model_id", proj, mside)
-                m_rec = jnp.where(drop_m[..., None], _take(m_unk, mslot), m_rec)
-            if id_drop_d:
-                proj = _matmul(
-                    cfeats["dataset_id"], self.first.kernels["dataset_id"][...], self.dtype
-                )
-                c_unk = self._unk_side(self.dataset_id_embed, "dataset_id", proj, cside)
-                c_rec = jnp.where(drop_d[..., None], _take(c_unk, gslot), c_rec)
-        prior = _take(self.model_prior(batch), mslot)
+                drop_m = drop_m | cold_r
+        m_rec = self._side_records(
+            self.model_features(batch), u, mslot, "model_id", "model_id_embed",
+            drop_m if id_drop_m else None, blocks,
+        )  # fmt: skip
+        c_rec = self._side_records(
+            self.context_features(batch), s, gslot, "dataset_id", "dataset_id_embed",
+            drop_d if id_drop_d else None, blocks,
+        ) + self.first.bias[...]  # fmt: skip
+        prior = _take(self.model_prior(batch), mslot, blocks)
         key2 = None if keys is None else keys[1]
         inter = self._interaction(m_rec, c_rec)
         pre = m_rec + c_rec

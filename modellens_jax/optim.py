@@ -112,12 +112,15 @@ def strip_lazy_moments(model: Scorer) -> Scorer:
 
 def _unique_rows(ids: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(row ids [K], new ids shaped like ``ids``, valid [K]) with row 0 always at position 0;
-    K = min(ids.size + 1, num_rows) (fixed), unused positions repeat row 0 and are invalid."""
+    K = min(ids.size + 1, num_rows) (fixed), unused positions (after the sorted rows) hold
+    ``num_rows`` and are invalid. The new ids are a binary search of ``ids`` in the row ids, an
+    elementwise map that keeps the batch's sharding (an inverse from ``unique`` would be
+    replicated and make every device run the whole batch's model side)."""
     flat = jnp.concatenate([jnp.zeros((1,), ids.dtype), ids.reshape(-1)])
     k = min(flat.shape[0], num_rows)
-    uids, inv = jnp.unique(flat, size=k, fill_value=0, return_inverse=True)
-    valid = (jnp.arange(k) == 0) | (uids != 0)
-    return uids, inv.reshape(-1)[1:].reshape(ids.shape), valid
+    uids = jnp.unique(flat, size=k, fill_value=num_rows)
+    new_ids = jnp.searchsorted(uids, ids, method="scan_unrolled").astype(jnp.int32)
+    return uids, new_ids, uids < num_rows
 
 
 def sparse_update(
@@ -137,9 +140,10 @@ def sparse_update(
         ids = batch[key]
         if key == "name_tokens":
             ids = jnp.where(batch["name_mask"], ids, 0)
-        uids, new_ids, valid = _unique_rows(ids, tables[name].embedding[...].shape[0])
-        plans[name] = (uids, valid)
-        batch[key] = new_ids.astype(jnp.int32)
+        num_rows = tables[name].embedding[...].shape[0]
+        uids, new_ids, valid = _unique_rows(ids, num_rows)
+        plans[name] = (jnp.minimum(uids, num_rows - 1), valid)
+        batch[key] = new_ids
     graph, dense, tbl, rest = nnx.split(model, DENSE_FILTER, TABLE_FILTER, ...)
     rows = jax.tree.map(lambda x: x, tbl)
     for name, (uids, _) in plans.items():
@@ -151,7 +155,7 @@ def sparse_update(
     (loss, aux), (g_dense, g_rows) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(
         dense, rows
     )
-    norm = optax.global_norm((g_dense, g_rows))
+    norm = optax.tree.norm((g_dense, g_rows))
     scale = jnp.minimum(1.0, float(config.optim.clip_norm) / jnp.maximum(norm, 1e-12))
     opt.update(model, jax.tree.map(lambda g: g * scale, g_dense))
     t = opt.step[...].astype(jnp.float32)  # already incremented by the dense update

@@ -75,6 +75,13 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def batch_blocks(config, n_data: int) -> int:
+    """Shard-local blocks per global batch (``data/batch.py``): ``input.blocks``, where 0 means
+    one per data shard (``n_data``, the mesh's data axis)."""
+    blocks = int(config.input.get("blocks", 1))
+    return n_data if blocks == 0 else blocks
+
+
 def process_block(mesh: jax.sharding.Mesh, rows: int) -> tuple[int, int]:
     """(block, blocks): this process's rows of a ``rows``-row global batch sharded over "data"
     are block ``block`` of ``blocks`` equal contiguous blocks. The models and groups blocks of a

@@ -161,6 +161,7 @@ def _train_and_evaluate(config, workdir: Path, say, verbose: bool, stop_after: i
         worker_count=int(config.input.worker_count), slot_block=block,
         records=rundir.finetune_records(corpus),
         device_tables=dev_tables is not None,
+        blocks=max(1, sharding.batch_blocks(config, int(mesh.shape["data"])) // n_proc),
     )  # fmt: skip
     it = iter(ds)
 

@@ -88,7 +88,8 @@ def test_local_dry_run():
 def test_gpu_dry_run():
     assert dry("gpu.sh", "--config.train.steps=3") == [[
         "env", "JAX_PLATFORMS=cuda", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9", "python", *TRAIN,
-        "--config=configs/default.py", "--workdir=runs/gpu", "--config.train.steps=3",
+        "--config=configs/default.py", "--workdir=runs/gpu", "--config.input.blocks=0",
+        "--config.train.steps=3",
     ]]  # fmt: skip
     assert dry("gpu.sh", MEM_FRACTION="0.5", CUDA_VISIBLE_DEVICES="0,1",
                XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true", WORKDIR="w")[0][:5] == [
@@ -117,7 +118,8 @@ def test_tpu_pod_dry_run():
     assert cd == "cd ~/modellens-jax"
     assert shlex.split(train) == [  # what each worker's shell runs
         "python3", *TRAIN, "--config=configs/default.py", "--workdir=/mnt/nfs/runs/pod",
-        "--distributed", "--config.train.steps=3", "--config.data.source=my dir",
+        "--distributed", "--config.input.blocks=0", "--config.train.steps=3",
+        "--config.data.source=my dir",
     ]  # fmt: skip
     assert len(dry("tpu_pod.sh", SKIP_INSTALL="1", **env)) == 1
 
@@ -136,11 +138,12 @@ def test_slurm_dry_run():
     lines = dry("slurm.sh", "--config.train.steps=3", SLURM_NTASKS="3", SLURM_JOB_ID="77",
                 COORD_HOST="node1", WORKDIR="/shared/run")  # fmt: skip
     task = ["python", *TRAIN, "--config=configs/default.py", "--workdir=/shared/run",
-            "--coordinator=node1:20077", "--num_processes=3", "--config.train.steps=3"]  # fmt: skip
+            "--coordinator=node1:20077", "--num_processes=3", "--config.input.blocks=0",
+            "--config.train.steps=3"]  # fmt: skip
     assert lines[0] == ["srun", "--kill-on-bad-exit=1", "bash", "-c",
                         'exec "$@" --process_id="$SLURM_PROCID"', "bash", *task]  # fmt: skip
     assert lines[1:] == [["#", "process", f"{i}:", *task, f"--process_id={i}"] for i in range(3)]
-    assert dry("slurm.sh", COORD_HOST="h", PORT="29500")[0][-1] == "--num_processes=2"
+    assert dry("slurm.sh", COORD_HOST="h", PORT="29500")[0][-2] == "--num_processes=2"
 
 
 def test_slurm_outside_a_job_refuses():
@@ -167,7 +170,8 @@ def test_slurm_tasks_get_their_process_id(tmp_path, fake_python):
         args = (out / f"args_{i}.txt").read_text().splitlines()
         assert args[:-1] == [*TRAIN, "--config=configs/default.py", "--workdir=w",
                              "--coordinator=n0:20005", "--num_processes=2",
-                             "--config.model.dropout=0.2", f"--process_id={i}"]  # fmt: skip
+                             "--config.input.blocks=0", "--config.model.dropout=0.2",
+                             f"--process_id={i}"]  # fmt: skip
 
 
 # --- several processes on this machine --------------------------------------------------------

@@ -34,6 +34,11 @@ groups, ``[S, ...]`` (``data.features.CONTEXT_INPUTS``)
   ``dataset_desc``  float32  ``[S, Dd]``
   ``task``          int32
   ``metric``        int32
+optional, ``[R, B]``
+  ``blocks``      int8     zeros; present when the batch is ``B`` shard-local blocks: rows,
+                           models and groups each split into ``B`` equal consecutive parts, and a
+                           row's slots point only into its own block's models and groups (one
+                           block per data shard, so the scorer's gathers stay on the shard)
 """
 
 from __future__ import annotations

@@ -167,11 +167,14 @@ class PackLists(grain.IterDataset):
 
     def __init__(self, parent: grain.IterDataset, *, rows: int, list_size: int, pack: bool,
                  pool: int = 0, rec_model: np.ndarray | None = None, max_models: int = 0,
-                 max_lists: int = 0):  # fmt: skip
+                 max_lists: int = 0, blocks: int = 1):  # fmt: skip
         super().__init__(parent)
         self.rows, self.list_size, self.pack = rows, list_size, pack
         self.pool = pool or (3 * rows if pack else rows)
+        # ``blocks``: the batch is packed as that many consecutive blocks of rows // blocks rows,
+        # each within the per-block budgets ``max_models`` / ``max_lists`` (Featurize)
         self.rec_model, self.max_models, self.max_lists = rec_model, max_models, max_lists
+        self.blocks = blocks
 
     def __iter__(self) -> _PackIterator:
         return _PackIterator(self._parent.__iter__(), self)
@@ -190,13 +193,15 @@ class _PackIterator(grain.DatasetIterator):
         while len(self.pending) < self.cfg.pool:
             self.pending.append(np.asarray(next(self._parent)))
         cfg = self.cfg
-        models = None if cfg.rec_model is None else [cfg.rec_model[x] for x in self.pending]
-        placed, left = pack_rows(
-            self.pending, cfg.rows, cfg.list_size, cfg.pack, item_models=models,
-            max_models=cfg.max_models, max_lists=cfg.max_lists,
-        )  # fmt: skip
-        out = [[self.pending[i] for i in row] for row in placed]
-        self.pending = [self.pending[i] for i in left]
+        out = []
+        for _ in range(cfg.blocks):
+            models = None if cfg.rec_model is None else [cfg.rec_model[x] for x in self.pending]
+            placed, left = pack_rows(
+                self.pending, cfg.rows // cfg.blocks, cfg.list_size, cfg.pack,
+                item_models=models, max_models=cfg.max_models, max_lists=cfg.max_lists,
+            )  # fmt: skip
+            out += [[self.pending[i] for i in row] for row in placed]
+            self.pending = [self.pending[i] for i in left]
         return out
 
     def get_state(self) -> dict[str, Any]:
@@ -279,7 +284,7 @@ class Featurize(grain.transforms.Map):
 
     def __init__(self, tables: FeatureTables, *, rows: int, list_size: int,
                  num_models: int = 0, num_groups: int = 0, slot_offset: tuple[int, int] = (0, 0),
-                 device_tables: bool = False):  # fmt: skip
+                 device_tables: bool = False, blocks: int = 1, global_blocks: int = 0):  # fmt: skip
         self.t = tables
         self.device_tables = device_tables  # rows by index only (``ROW_KEYS``), gathered on device
         self.rows, self.list_size = rows, list_size
@@ -287,10 +292,37 @@ class Featurize(grain.transforms.Map):
         self.num_groups = num_groups or max(1, rows * list_size // 2)
         if self.num_groups < rows:
             raise ValueError(f"input.max_groups_per_batch={num_groups} < rows={rows}")
+        for what, n in (("rows", rows), ("models block", self.num_models),
+                        ("groups block", self.num_groups)):  # fmt: skip
+            if n % blocks:
+                raise ValueError(f"batch {what} {n} does not split into {blocks} blocks")
         self.slot_offset = slot_offset
+        # ``blocks`` shard-local blocks here, ``global_blocks`` in the global batch (a
+        # multi-process batch is blocked by process too); the ``blocks`` key says how many
+        self.blocks, self.global_blocks = blocks, max(global_blocks, blocks)
 
     def map(self, batch_rows: Sequence[Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
-        t, R, L = self.t, self.rows, self.list_size
+        b = self.blocks
+        rb, mb, gb = self.rows // b, self.num_models // b, self.num_groups // b
+        parts = [
+            self._block(batch_rows[i * rb : (i + 1) * rb], rb, mb, gb,
+                        (self.slot_offset[0] + i * mb, self.slot_offset[1] + i * gb))
+            for i in range(b)
+        ]  # fmt: skip
+        out = parts[0] if b == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if self.global_blocks > 1:
+            out["blocks"] = np.zeros((self.rows, self.global_blocks), np.int8)
+        return out
+
+    def _block(
+        self,
+        batch_rows: Sequence[Sequence[np.ndarray]],
+        R: int,
+        num_models: int,
+        num_groups: int,
+        slot_offset: tuple[int, int],
+    ) -> dict[str, np.ndarray]:
+        t, L = self.t, self.list_size
         shape = (R, L)
         rec = np.zeros(shape, np.int64)
         mask = np.zeros(shape, bool)
@@ -307,26 +339,26 @@ class Featurize(grain.transforms.Map):
                 list_id[r, pos : pos + n] = n_lists
                 n_lists += 1
                 pos += n
-        if n_lists > self.num_groups:
-            raise ValueError(f"{n_lists} lists exceed the batch's group block {self.num_groups}")
+        if n_lists > num_groups:
+            raise ValueError(f"{n_lists} lists exceed the batch's group block {num_groups}")
         models, model_slot = np.unique(np.where(mask, t.rec_model[rec], -1), return_inverse=True)
         model_slot = model_slot.reshape(shape)
         if models[0] == -1:  # padding slots point at a real row; masked out anyway
             models = models[1:]
             model_slot = np.maximum(model_slot - 1, 0)
-        if len(models) > self.num_models:
+        if len(models) > num_models:
             raise ValueError(f"{len(models)} models exceed input.max_models_per_batch")
-        group_of_list = np.zeros(self.num_groups, np.int64)
+        group_of_list = np.zeros(num_groups, np.int64)
         group_of_list[list_id[mask]] = t.rec_group[rec[mask]]
         out = {
             "mask": mask,
             "segment": segment,
-            "model_slot": (model_slot + self.slot_offset[0]).astype(np.int32),
-            "group_slot": (np.where(mask, list_id, 0) + self.slot_offset[1]).astype(np.int32),
+            "model_slot": (model_slot + slot_offset[0]).astype(np.int32),
+            "group_slot": (np.where(mask, list_id, 0) + slot_offset[1]).astype(np.int32),
             "value": np.where(mask, t.rec_value[rec], 0).astype(np.float32),
             "z": np.where(mask, t.rec_z[rec], 0).astype(np.float32),
         }
-        mpad = np.zeros(self.num_models, np.int64)
+        mpad = np.zeros(num_models, np.int64)
         mpad[: len(models)] = models
         if self.device_tables:
             out["model_row"] = mpad.astype(np.int32)
@@ -367,6 +399,7 @@ def train_dataset(
     slot_block: int | None = None,
     records: np.ndarray | None = None,
     device_tables: bool = False,
+    blocks: int = 1,
 ) -> tuple[grain.IterDataset, TrainLists]:
     """The training stream for this process (``rows`` = process-local rows, ``num_models`` =
     process-local models block).
@@ -377,7 +410,8 @@ def train_dataset(
     there (``sharding.process_block``; default ``process_index``). ``records`` (a per-record
     mask) restricts the stream to those training records (an update's fine-tune set).
     ``device_tables``: batches carry row indices (``ROW_KEYS``) and the step gathers the rows
-    (``train_state.expand``)."""
+    (``train_state.expand``). ``blocks``: this process's batch is that many shard-local blocks
+    (one per data shard it feeds: ``batch.py``), so the step's gathers stay on each shard."""
     src = TrainLists(tables.corpus, list_size=list_size, seed=seed, records=records)
     # No read threads: an element is a slice of an in-memory index array (microseconds), and
     # grain's default thread pool (16 threads, 500-element buffer, whose depth it re-measures
@@ -388,9 +422,11 @@ def train_dataset(
     )
     num_groups = num_groups or (min(4 * rows, rows * list_size // 2) if pack else rows)
     feat = Featurize(tables, rows=rows, list_size=list_size, num_models=num_models,
-                     num_groups=num_groups, device_tables=device_tables)  # fmt: skip
+                     num_groups=num_groups, device_tables=device_tables, blocks=blocks,
+                     global_blocks=blocks * process_count)  # fmt: skip
     ds = PackLists(ds, rows=rows, list_size=list_size, pack=pack, rec_model=tables.rec_model,
-                   max_models=feat.num_models, max_lists=feat.num_groups)  # fmt: skip
+                   max_models=feat.num_models // blocks, max_lists=feat.num_groups // blocks,
+                   blocks=blocks)  # fmt: skip
     blk = process_index if slot_block is None else int(slot_block)
     feat.slot_offset = (blk * feat.num_models, blk * feat.num_groups)
     ds = ds.map(feat)

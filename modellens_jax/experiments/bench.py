@@ -24,9 +24,12 @@ ratio: training the N members together is faster than N separate runs when it is
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import jax
@@ -70,11 +73,17 @@ def device_peak(dtype: str) -> tuple[float, str]:
     return 2 * n**3 * 5 / (time.perf_counter() - t0), f"measured {n}x{n} matmul on {kind}"
 
 
-def bench_config(preset: str, base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def bench_config(
+    preset: str, base: ml_collections.ConfigDict, given: Collection[str] = ()
+) -> ml_collections.ConfigDict:
+    """The preset's config: ``paper`` sets the paper's dimensions and, unless ``given`` (the
+    ``--config.*`` overrides on the command line) names it, the sparse embedding update."""
     c = base
     if preset == "paper":
         c.model.update(model_id_dim=1536, name_dim=512, dataset_id_dim=256, task_dim=256,
                        metric_dim=256, size_dim=64, family_dim=64, hidden_dim=512)  # fmt: skip
+        if "optim.sparse_embeddings" not in given:  # as the config's paper preset (optim.py)
+            c.optim.sparse_embeddings = True
     return c
 
 
@@ -110,7 +119,8 @@ def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds
     ds, _ = pipeline.train_dataset(tables, rows=rows, list_size=L, pack=bool(config.input.pack),
                                    seed=0, num_models=num_models,
                                    num_groups=int(config.input.max_groups_per_batch),
-                                   device_tables=on_device)  # fmt: skip
+                                   device_tables=on_device,
+                                   blocks=sharding.batch_blocks(config, int(mesh.shape["data"])))  # fmt: skip
     prefetch = ts.DevicePrefetch(iter(ds), mesh, int(config.input.prefetch))
     repl = sharding.replicated(mesh)
     step_fn = ts.jit_train_step(graphdef, config, mesh, state_sh, tables=on_device)
@@ -239,6 +249,84 @@ def rows_sweep(preset: str, config, rows: list[int], steps: int, warmup: int, ca
                 p["records_per_s"] for p in points))}  # fmt: skip
 
 
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f16": 2, "bf16": 2, "s16": 2, "u16": 2, "f32": 4,
+                "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}  # fmt: skip
+_SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
+_OP = re.compile(r"=\s*(.*?)\s(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+
+
+def collectives(hlo: str) -> dict[str, dict[str, int]]:
+    """Per collective kind in a compiled program's HLO text: how many and the bytes of their
+    results per device (an async ``-start``/``-done`` pair counts once)."""
+    out = {k: {"count": 0, "bytes": 0} for k in COLLECTIVES}
+    for line in hlo.splitlines():
+        m = _OP.search(line)
+        if m is None:
+            continue
+        nbytes = sum(_DTYPE_BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d)
+                     for dt, dims in _SHAPE.findall(m.group(1)))  # fmt: skip
+        out[m.group(2)]["count"] += 1
+        out[m.group(2)]["bytes"] += nbytes
+    return out
+
+
+def _abstract(tree, sh):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sh), tree)
+
+
+def communication(config, tables: pipeline.FeatureTables, meshes: list[tuple[int, int]]) -> list:
+    """The train step compiled (not run) on each ``(data, model)`` mesh at a fixed batch per
+    data shard (weak scaling: ``groups_per_batch`` x data rows in all), unblocked and with one
+    shard-local block per data shard (``input.blocks``), and the collectives of each compiled
+    program. State, batch and device tables are abstract: no mesh-sized memory is allocated.
+    Needs ``data x model`` devices (on CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=N``)."""
+    need = max(d * m for d, m in meshes)
+    if jax.device_count() < need:
+        raise cli.UsageError(
+            f"--comm_meshes needs {need} devices, have {jax.device_count()}: on CPU set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={need}"
+        )
+    sizes = ts.feature_sizes(config, tables)
+    tabs = jax.eval_shape(lambda: ts.device_tables(tables, sharding.make_mesh(1, 1)))
+    out = []
+    for data, model in meshes:
+        for blocks in sorted({1, data}):
+            mesh = sharding.make_mesh(data, model)
+            c = ml_collections.ConfigDict(config.to_dict())
+            c.input.groups_per_batch = int(config.input.groups_per_batch) * data
+            rows, L = int(c.input.groups_per_batch), int(c.input.list_size)
+            ds, _ = pipeline.train_dataset(tables, rows=rows, list_size=L, pack=bool(c.input.pack),
+                                           seed=0, num_models=rows * L, device_tables=True,
+                                           num_groups=int(c.input.max_groups_per_batch) * data,
+                                           blocks=blocks)  # fmt: skip
+            graphdef, state = ts.abstract_state(c, sizes, mesh)
+            state_sh = jax.tree.map(lambda x: x.sharding, state)
+            step_fn = ts.jit_train_step(graphdef, c, mesh, state_sh, tables=True)
+            repl, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+            args = (
+                state,
+                _abstract(ts.acc_zeros(), repl),
+                _abstract(next(iter(ds)), bsh),
+                _abstract(ts.loss_weights(c), repl),
+                jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=repl),
+                _abstract(tabs, repl),
+            )
+            t0 = time.perf_counter()
+            compiled = step_fn.lower(*args).compile()
+            ops = collectives(compiled.as_text())
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            row = {"mesh": [data, model], "devices": data * model, "blocks": blocks,
+                   "global_batch": [rows, L], "compile_s": time.perf_counter() - t0,
+                   "flops_per_device": float(cost.get("flops", 0.0)) if cost else 0.0,
+                   "collective_bytes_per_device": sum(v["bytes"] for v in ops.values()),
+                   "collectives": {k: v for k, v in ops.items() if v["count"]}}  # fmt: skip
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            out.append(row)
+    return out
+
+
 def member_overrides(config, n: int) -> list[dict]:
     """N distinct sweep points over vectorisable keys (pairwise weight x dropout rate)."""
     d0 = float(config.model.dropout)
@@ -365,10 +453,28 @@ def _define(fv: flags.FlagValues) -> None:
                          "--members.", flag_values=fv)  # fmt: skip
     flags.DEFINE_list("rows", [], "Rows per step to sweep (e.g. 2048,8192,32768): prints the "
                       "fixed per-step cost and the per-record cost instead.", flag_values=fv)  # fmt: skip
+    flags.DEFINE_list("comm_meshes", [], "Compile (not run) the step on these DATAxMODEL meshes "
+                      "(e.g. 8x1,32x1) and print each one's collectives instead.", flag_values=fv)  # fmt: skip
 
 
 def _run(fv: flags.FlagValues) -> None:
-    config = bench_config(fv.preset, fv.config)
+    given = {
+        a.split("=")[0].removeprefix("--config.") for a in fv.argv if a.startswith("--config.")
+    }
+    config = bench_config(fv.preset, fv.config, given)
+    if fv.comm_meshes:
+        try:
+            meshes = [tuple(int(a) for a in m.lower().split("x")) for m in fv.comm_meshes]
+            if any(len(m) != 2 or min(m) < 1 for m in meshes):
+                raise ValueError
+        except ValueError as e:
+            raise cli.UsageError(
+                f"--comm_meshes={','.join(fv.comm_meshes)}: expected DATAxMODEL, e.g. 8x1,32x1"
+            ) from e
+        rows = communication(config, load_tables(fv.preset, config, fv.cache), meshes)
+        print(json.dumps({"preset": fv.preset, "communication": rows,
+                          "sparse_embeddings": bool(config.optim.sparse_embeddings)}))  # fmt: skip
+        return
     if fv.rows:
         try:
             rows = [int(r) for r in fv.rows]
