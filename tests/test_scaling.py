@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from test_train import corpus_dir, make_workdir, no_eval, tiny_config  # noqa: F401
+from test_train import LR, assert_states_close, corpus_dir, make_workdir, no_eval, tiny_config  # noqa: F401
 
 from modellens_jax import config_check, losses, optim, rundir, sharding, train, train_state
 from modellens_jax.data import pipeline
@@ -79,6 +79,31 @@ def test_shard_local_blocks_score_and_train_as_one_block(tables):
     g4 = nnx.grad(loss)(model, j4)
     for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_blocked_step_on_8_shards_equals_one_device(tables, sparse):
+    """One train step (dense or sparse update) on a batch of 8 shard-local blocks: the 8-device
+    data-parallel mesh and one device reach the same state and losses."""
+    config = tiny_config(optim__warmup_steps=0, optim__sparse_embeddings=sparse)
+    sizes = train_state.feature_sizes(config, tables)
+    ds, _ = pipeline.train_dataset(tables, rows=8, list_size=16, pack=True, seed=0, blocks=8)
+    batch = next(iter(ds))
+    assert batch["blocks"].shape == (8, 8)
+    weights, key = train_state.loss_weights(config), jax.random.key(0)
+    out = {}
+    for shape in ((1, 1), (8, 1)):
+        mesh = sharding.make_mesh(*shape)
+        graphdef, state, state_sh = train_state.init_state(config, sizes, mesh)
+        step = train_state.jit_train_step(graphdef, config, mesh, state_sh)
+        acc = jax.device_put(train_state.acc_zeros(), sharding.replicated(mesh))
+        st, acc = step(state, acc, sharding.to_global(batch, mesh), weights, key)
+        out[shape] = jax.device_get((acc, st))
+    (acc1, st1), (acc8, st8) = out[1, 1], out[8, 1]
+    assert acc1["nonfinite"] == 0
+    for k in ("loss_sum", "grad_norm_sum"):
+        np.testing.assert_allclose(acc8[k], acc1[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert_states_close(st8, st1, atol=1e-5, offset_atol=2 * LR)
 
 
 def test_blocks_must_divide_the_batch(tables):
