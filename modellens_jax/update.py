@@ -53,7 +53,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from modellens_jax import cli, config_check, jobguard, rundir, train
+from modellens_jax import cli, cold_start, config_check, jobguard, rundir, train
 from modellens_jax import config as config_lib
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import ingest, splits
@@ -63,7 +63,10 @@ STAGE = "update"  # W/update/: the next generation, built and trained here
 GENERATIONS = "generations"  # W/generations/<n>/: generation n as it was before update n + 1
 RECORDS = "records"  # W/records/<n>/: the records update n merged (the run's source chain)
 # What a generation is made of (the run-directory contract, ``rundir``).
-RUN_ENTRIES = ("corpus", "checkpoints", "config.json", rundir.SUMMARY, "metrics.jsonl", "tb")
+# What a generation is: the fitted cold-start prior belongs to its network (without it in the
+# swap an updated run would serve new models without any prior)
+RUN_ENTRIES = ("corpus", "checkpoints", "config.json", rundir.SUMMARY, "metrics.jsonl", "tb",
+               cold_start.FILE)  # fmt: skip
 REQUEST = "UPDATE.json"  # in W/update/: what is being updated (written last when staging)
 COMMIT = "COMMIT.json"  # in W/update/: the fine-tune finished; the swap may (re)start
 CONFLICTS = ("error", "keep", "replace")

@@ -20,7 +20,7 @@ import pytest
 import update_data
 from test_train import assert_states_equal, tiny_config
 
-from modellens_jax import checkpointing, rundir, train, train_state, update
+from modellens_jax import checkpointing, cold_start, rundir, train, train_state, update
 from modellens_jax import config as config_lib
 from modellens_jax.data import corpus as corpus_lib
 from modellens_jax.data import splits
@@ -154,10 +154,15 @@ def test_new_model_gets_a_learned_id_and_stops_being_cold(parent, updated):
     assert entry["steps"] == STEPS and entry["judge_before"] is not None
     assert not (wd / update.STAGE).exists()
     assert (wd / update.RECORDS / "1" / "records.csv").is_file()
-    # the previous generation is intact beside it
+    # the previous generation is intact beside it, with the cold-start prior fitted to it; the
+    # updated run has its own, fitted to the fine-tune's best checkpoint
     assert tree_digest(wd / update.GENERATIONS / "0" / "checkpoints") == tree_digest(
         parent / "checkpoints"
     )
+    old_prior = wd / update.GENERATIONS / "0" / cold_start.FILE
+    assert old_prior.read_bytes() == (parent / cold_start.FILE).read_bytes()
+    prior = json.loads((wd / cold_start.FILE).read_text())
+    assert prior["fit"]["step"] == run.step
 
 
 # --- 3. no new records: nothing happens -------------------------------------------------------
