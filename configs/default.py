@@ -212,8 +212,9 @@ def _apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
                 model_id_dim=1536, name_dim=512, dataset_id_dim=256, task_dim=256,
                 metric_dim=256, size_dim=64, family_dim=64, hidden_dim=512,
             )  # fmt: skip
-            # lazy row-wise AdamW for the ID tables (optim.py): 1.9x records/s at these dims on
-            # 2 CPU cores (7,061 vs 3,674 at 32x64, `bench --preset=paper`), fixed cost 13 ms
+            # lazy row-wise AdamW for the ID tables (optim.py): at these dims on 2 CPU cores
+            # 7,963 vs 3,674 records/s at 32x64 (`bench --preset=paper`), fixed cost per step
+            # 24 ms vs 262 ms (`--rows`); from ~8K rows per step the dense update is as fast
             c.optim.sparse_embeddings = True
         elif name == "reference":
             c.model.update(id_init_std=1.0, interaction_dim=0, use_release=False)

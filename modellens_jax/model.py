@@ -530,7 +530,7 @@ class Scorer(nnx.Module):
         id_drop_d = (
             drop and self.use_dataset_id and (rates is not None or self.dataset_id_dropout > 0)
         )
-        if drop and (id_drop_m or id_drop_d):
+        if id_drop_m or id_drop_d:
             drop_m, drop_d = self.id_dropout_masks(keys[0], mslot.shape, r)
             if cold and self.use_model_id:
                 drop_m = drop_m | cold_r

@@ -135,9 +135,7 @@ def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds
     memory = memory_analysis(compiled)
     print(f"compiled step: {json.dumps(memory)}", file=sys.stderr, flush=True)
     h2d_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(batch))
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    flops = compiled_flops(compiled)
     for _ in range(warmup):
         state, acc = step_fn(state, acc, batch, weights, key, *extra)
         batch, *_ = prefetch.next()
@@ -201,6 +199,13 @@ def run(preset: str, config, steps: int, warmup: int, n_members: int = 0, rounds
     if scoring:
         out.update(scoring_latency(graphdef, state, tables, n_candidates=47_000))
     return out
+
+
+def compiled_flops(compiled) -> float:
+    """XLA's FLOP count of a compiled program (per device; 0 where the backend gives none)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
 def memory_analysis(compiled) -> dict[str, int]:
@@ -315,11 +320,9 @@ def communication(config, tables: pipeline.FeatureTables, meshes: list[tuple[int
             t0 = time.perf_counter()
             compiled = step_fn.lower(*args).compile()
             ops = collectives(compiled.as_text())
-            cost = compiled.cost_analysis()
-            cost = cost[0] if isinstance(cost, list) else cost
             row = {"mesh": [data, model], "devices": data * model, "blocks": blocks,
                    "global_batch": [rows, L], "compile_s": time.perf_counter() - t0,
-                   "flops_per_device": float(cost.get("flops", 0.0)) if cost else 0.0,
+                   "flops_per_device": compiled_flops(compiled),
                    "collective_bytes_per_device": sum(v["bytes"] for v in ops.values()),
                    "collectives": {k: v for k, v in ops.items() if v["count"]}}  # fmt: skip
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -353,9 +356,7 @@ def members_throughput(config, graphdef, state, step_fn, mesh, batches, n: int, 
     t0 = time.perf_counter()
     vcompiled = vstep.lower(stacked, vacc, b0, weights, key, rates).compile()
     vcompile_s = time.perf_counter() - t0
-    vcost = vcompiled.cost_analysis()
-    vcost = vcost[0] if isinstance(vcost, list) else vcost
-    vflops = float(vcost.get("flops", 0.0)) if vcost else 0.0
+    vflops = compiled_flops(vcompiled)
     # Warm-up: two calls each, since the second call sees accumulators committed by the first
     # (members.py passes them without a sharding, as here) and may compile again.
     for _ in range(2):
